@@ -1,0 +1,248 @@
+"""The public entry point: ``fit`` a CNN by its convex program and get back a torch network."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import as_float_tensor, one_hot, validate_targets
+from .losses import Loss, get_loss
+from .patches import PatchSpec, ResolvedSpec, as_signal_batch, extract_patches
+from .patterns import PatternSet, sample_patch_patterns
+from .problems.base import ConvexProblem
+from .problems.two_layer import TwoLayerReLU
+from .solvers.exact import ExactSolver
+from .solvers.result import ConvexSolution
+
+__all__ = ["ARCHITECTURES", "DEFAULT_PATTERNS", "FitResult", "fit"]
+
+#: Generator filters drawn when ``patterns=None``.
+DEFAULT_PATTERNS = 100
+
+ARCHITECTURES: dict[str, tuple[str, ...]] = {"two_layer": ("sum", "avg")}
+SOLVERS = ("exact", "auto")
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    Attributes:
+        objective: the convex program's objective at the solution.
+        network: the recovered ``torch.nn.Module`` (input (n, C, *spatial)).
+        network_objective: ℓ(f(X); Y) + weight penalty of ``network`` on the training data,
+            computed by running it — the honest number.
+        n_filters: branches (hidden filters) of the recovered network.
+        patterns: the :class:`PatternSet` used.
+        solve_time: seconds spent in the solver.
+        status: the solver's status ("optimal" when its stopping rule was met).
+        certificate: optimality certificate (lower bound, gap, scope), when computed.
+    """
+
+    objective: float
+    network: torch.nn.Module
+    network_objective: float
+    n_filters: int
+    patterns: PatternSet
+    solve_time: float
+    status: str
+    solution: ConvexSolution
+    problem: ConvexProblem
+    spec: PatchSpec
+    resolved_spec: ResolvedSpec
+    loss: Loss
+    beta: float
+    task: str
+    architecture: str
+    pooling: str
+    certificate: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def _batch(self, X: object) -> torch.Tensor:
+        dtype = next(self.network.parameters()).dtype
+        batch, _ = as_signal_batch(as_float_tensor(X, name="X", dtype=dtype), self.spec)
+        return batch
+
+    def decision_function(self, X: object) -> torch.Tensor:
+        """Raw network outputs: (n,) for scalar output, (n, c) otherwise."""
+        with torch.no_grad():
+            return self.network(self._batch(X))
+
+    def predict(self, X: object) -> torch.Tensor:
+        """Regression: outputs. Binary: ±1 labels (sign). Multi-class: class index (argmax)."""
+        out = self.decision_function(X)
+        if self.task == "binary":
+            return torch.where(out >= 0, 1.0, -1.0).to(out.dtype)
+        if self.task == "multiclass":
+            return out.argmax(dim=1)
+        return out
+
+    @property
+    def relative_difference(self) -> float:
+        """|network_objective − objective| / max(1, |objective|)."""
+        return abs(self.network_objective - self.objective) / max(1.0, abs(self.objective))
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "architecture": self.architecture,
+            "pooling": self.pooling,
+            "loss": self.loss.name,
+            "beta": self.beta,
+            "objective": self.objective,
+            "network_objective": self.network_objective,
+            "n_filters": self.n_filters,
+            "n_patterns": len(self.patterns),
+            "solve_time": self.solve_time,
+            "status": self.status,
+            "solver": self.solution.info.get("solver", ""),
+        }
+        if self.certificate is not None and hasattr(self.certificate, "as_dict"):
+            out["certificate"] = self.certificate.as_dict()
+        return out
+
+
+def _check_beta(beta: object) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ValueError(f"beta must be a positive number; got {beta!r}")
+    value = float(beta)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"beta must be > 0 and finite (weight-decay strength); got {beta!r}")
+    return value
+
+
+def prepare_targets(y: object, n: int, loss: Loss, task: str, dtype: torch.dtype) -> torch.Tensor:
+    """Targets as an (n, c) tensor: ±1 column for binary, one-hot for multi-class."""
+    Y = validate_targets(y, n, task=task).to(dtype)
+    if task == "multiclass":
+        labels = Y.to(torch.long).reshape(-1)
+        return one_hot(labels, int(labels.max()) + 1).to(dtype)
+    return Y[:, None] if Y.ndim == 1 else Y
+
+
+def resolve_task(task: str, loss: Loss) -> str:
+    if task == "auto":
+        return loss.task
+    if task not in ("regression", "binary", "multiclass"):
+        raise ValueError(
+            f"task must be 'auto', 'regression', 'binary' or 'multiclass'; got {task!r}"
+        )
+    if loss.task == "multiclass" and task != "multiclass":
+        raise ValueError(f"loss={loss.name!r} needs task='multiclass'; got task={task!r}")
+    if loss.task == "binary" and task != "binary":
+        raise ValueError(f"loss={loss.name!r} needs ±1 targets (task='binary'); got {task!r}")
+    return task
+
+
+def fit(
+    X: object,
+    y: object,
+    *,
+    architecture: str = "two_layer",
+    pooling: str = "sum",
+    kernel_size: int | tuple[int, ...] = 3,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    spec_dims: int | None = None,
+    beta: float = 1e-3,
+    loss: str | Loss = "squared",
+    task: str = "auto",
+    patterns: None | int | PatternSet = None,
+    pattern_kind: str = "gaussian",
+    solver: str = "exact",
+    solver_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> FitResult:
+    """Train a CNN to global optimality over its patterns by solving its convex program.
+
+    Args:
+        X: images (n, C, H, W) or (n, H, W); 1-D signals (n, L), or (n, C, L) with
+            ``spec_dims=1``. numpy or torch.
+        y: targets (n,) or (n, c). ±1 for binary losses / ``task="binary"``; integer labels
+            for ``loss="cross_entropy"``.
+        architecture, pooling: "two_layer" with "sum" or "avg" (SPEC §3).
+        kernel_size, stride, padding, dilation, spec_dims: convolution geometry (PatchSpec).
+        beta: weight decay β > 0; objective ℓ(f(X); Y) + (β/2)Σ_j(‖u_j‖² + ‖w_j‖²).
+        loss: "squared", "logistic", "cross_entropy", "squared_hinge", "huber" or a Loss.
+        task: "auto" (from the loss), "regression", "binary" (checks ±1) or "multiclass".
+        patterns: None (sample 100 filters), an int (generator filters to sample) or a
+            PatternSet built on the same X and spec.
+        pattern_kind: "gaussian" or "patches" generator filters when sampling.
+        solver: "exact" (CVXPY + Clarabel) or "auto".
+        seed: seeds pattern sampling.
+        dtype: torch.float64 (default) or torch.float32.
+
+    Returns:
+        A :class:`FitResult`; ``network_objective`` is the recovered network's own objective.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"architecture must be one of {sorted(ARCHITECTURES)}; got {architecture!r}"
+        )
+    if pooling not in ARCHITECTURES[architecture]:
+        raise ValueError(
+            f"pooling must be one of {list(ARCHITECTURES[architecture])} for "
+            f"architecture={architecture!r}; got {pooling!r}"
+        )
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
+    beta_value = _check_beta(beta)
+    loss_obj = get_loss(loss)
+    task_name = resolve_task(task, loss_obj)
+
+    spec = PatchSpec(kernel_size, stride=stride, padding=padding, dilation=dilation, dims=spec_dims)
+    batch, resolved = as_signal_batch(as_float_tensor(X, name="X", dtype=dtype), spec)
+    targets = prepare_targets(y, batch.shape[0], loss_obj, task_name, dtype)
+    patches = extract_patches(batch, resolved)
+
+    if patterns is None or (isinstance(patterns, int) and not isinstance(patterns, bool)):
+        count = DEFAULT_PATTERNS if patterns is None else patterns
+        pattern_set = sample_patch_patterns(patches, count, seed=seed, kind=pattern_kind)
+    elif isinstance(patterns, PatternSet):
+        pattern_set = patterns
+    else:
+        raise ValueError(
+            f"patterns must be None, a number of generator filters, or a PatternSet; got "
+            f"{type(patterns).__name__}"
+        )
+    if len(pattern_set) == 0:
+        raise ValueError("the pattern set is empty (every filter gave the all-zero pattern)")
+
+    problem = TwoLayerReLU(
+        patches,
+        pattern_set,
+        targets,
+        beta_value,
+        loss_obj,
+        pooling=pooling,
+        spec=resolved,
+        in_channels=batch.shape[1],
+        inputs=batch,
+    )
+    exact = ExactSolver(**(solver_options or {}))
+    solution = exact.solve(problem)
+    recovered = problem.recover(solution.W)
+    return FitResult(
+        objective=solution.objective,
+        network=recovered.module,
+        network_objective=recovered.objective,
+        n_filters=recovered.n_branches,
+        patterns=pattern_set,
+        solve_time=solution.solve_time,
+        status=solution.status,
+        solution=solution,
+        problem=problem,
+        spec=spec,
+        resolved_spec=resolved,
+        loss=loss_obj,
+        beta=beta_value,
+        task=task_name,
+        architecture=architecture,
+        pooling=pooling,
+    )

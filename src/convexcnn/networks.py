@@ -1,0 +1,232 @@
+"""The non-convex torch networks and their SGD/Adam baseline trainer.
+
+:class:`TwoLayerCNN` is the network of SPEC §3: ``Conv(C → m, bias=False) → ReLU → sum/avg over
+positions → Linear(m → c, bias=False)``; its training objective is
+``ℓ(f(X); Y) + (β/2)(‖conv.weight‖² + ‖linear.weight‖²)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .losses import Loss, get_loss
+from .patches import PatchSpec, ResolvedSpec, as_signal_batch
+
+__all__ = ["BaselineResult", "TwoLayerCNN", "train_sgd"]
+
+
+class TwoLayerCNN(nn.Module):
+    """Conv → ReLU → global sum/avg pooling → Linear, no biases. Input (n, C, *spatial).
+
+    Output (n,) when ``n_outputs == 1``, else (n, c).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        spec: ResolvedSpec,
+        *,
+        pooling: str = "sum",
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("sum", "avg"):
+            raise ValueError(f"pooling must be 'sum' or 'avg' for TwoLayerCNN; got {pooling!r}")
+        conv_cls = nn.Conv1d if spec.dims == 1 else nn.Conv2d
+        self.conv = conv_cls(
+            in_channels,
+            width,
+            kernel_size=spec.kernel,
+            stride=spec.stride,
+            padding=spec.padding,
+            dilation=spec.dilation,
+            bias=False,
+        )
+        self.linear = nn.Linear(width, n_outputs, bias=False)
+        self.pooling = pooling
+        self.spec = spec
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.conv(x)).flatten(2)  # (n, m, K)
+        pooled = z.sum(dim=2) if self.pooling == "sum" else z.mean(dim=2)
+        out = self.linear(pooled)
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def set_weights(self, filters: torch.Tensor, output_weights: torch.Tensor) -> None:
+        """Load flattened filters (m, h) and output weights (c, m)."""
+        with torch.no_grad():
+            self.conv.weight.copy_(filters.reshape(self.conv.weight.shape))
+            self.linear.weight.copy_(output_weights)
+
+    def weight_penalty(self, beta: float) -> torch.Tensor:
+        """(β/2)(‖conv.weight‖² + ‖linear.weight‖²)."""
+        return 0.5 * beta * (self.conv.weight.pow(2).sum() + self.linear.weight.pow(2).sum())
+
+    @property
+    def width(self) -> int:
+        return int(self.conv.out_channels)
+
+
+@dataclass
+class BaselineResult:
+    """One gradient-descent run on the non-convex objective.
+
+    ``history[e]`` is the full training objective after epoch e (``history[0]``: at init),
+    ``times[e]`` the wall-clock seconds at that point (objective evaluation excluded).
+    """
+
+    network: nn.Module
+    optimizer: str
+    lr: float
+    seed: int
+    history: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def objective(self) -> float:
+        return self.history[-1]
+
+    def time_to_within(self, rel: float) -> float:
+        """Seconds until the objective first came within ``rel`` (relative) of its final value."""
+        target = self.objective * (1 + rel) + 1e-15
+        for value, t in zip(self.history, self.times, strict=True):
+            if value <= target:
+                return t
+        return self.times[-1]
+
+
+def full_objective(
+    net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: Loss, beta: float
+) -> torch.Tensor:
+    """ℓ(net(X); Y) + net.weight_penalty(β), differentiable."""
+    out = net(inputs)
+    if out.ndim == 1:
+        out = out[:, None]
+    return loss.value(out, targets) + net.weight_penalty(beta)  # type: ignore[operator]
+
+
+def train_network(
+    net: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    loss: Loss,
+    beta: float,
+    optimizer: str = "adam",
+    lr: float = 1e-2,
+    epochs: int = 500,
+    batch_size: int | None = None,
+    seed: int = 0,
+    project: Callable[[nn.Module], None] | None = None,
+    time_budget: float | None = None,
+) -> BaselineResult:
+    """Minimize the full objective of ``net`` by Adam/SGD (momentum 0.9), recording history.
+
+    The optimizer works on objective/n (same minimizers, learning rates independent of n).
+    ``project`` is applied after every step (e.g. to keep filters on a norm ball).
+    """
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {optimizer!r}")
+    n = inputs.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=lr)
+        if optimizer == "adam"
+        else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    )
+    result = BaselineResult(network=net, optimizer=optimizer, lr=lr, seed=seed)
+    with torch.no_grad():
+        result.history.append(float(full_objective(net, inputs, targets, loss, beta)))
+    result.times.append(0.0)
+    elapsed = 0.0
+    bs = n if batch_size is None else min(batch_size, n)
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(n, generator=gen) if bs < n else None
+        for b in range(0, n, bs):
+            idx = order[b : b + bs] if order is not None else slice(None)
+            opt.zero_grad(set_to_none=True)
+            xb, yb = inputs[idx], targets[idx]
+            out = net(xb)
+            if out.ndim == 1:
+                out = out[:, None]
+            # mini-batch estimate of objective/n
+            value = loss.value(out, yb) / xb.shape[0] + net.weight_penalty(beta) / n  # type: ignore[operator]
+            value.backward()
+            opt.step()
+            if project is not None:
+                with torch.no_grad():
+                    project(net)
+        elapsed += time.perf_counter() - start
+        with torch.no_grad():
+            current = float(full_objective(net, inputs, targets, loss, beta))
+        result.history.append(current)
+        result.times.append(elapsed)
+        if not torch.isfinite(torch.tensor(current)):
+            break
+        if time_budget is not None and elapsed > time_budget:
+            break
+    return result
+
+
+def train_sgd(
+    X: object,
+    y: object,
+    *,
+    width: int,
+    optimizer: str = "adam",
+    lr: float = 1e-2,
+    epochs: int = 500,
+    beta: float = 1e-3,
+    seed: int = 0,
+    kernel_size: int | tuple[int, ...] = 3,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    pooling: str = "sum",
+    loss: str | Loss = "squared",
+    batch_size: int | None = None,
+    spec_dims: int | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> BaselineResult:
+    """Train the two-layer CNN of SPEC §3 by gradient descent on the same objective as
+    :func:`convexcnn.fit` (weight decay (β/2)Σ‖·‖² on both layers), from a seeded default init.
+
+    X in any layout :func:`convexcnn.fit` accepts; y as for fit (±1 for binary, (n,) or (n, c)).
+    """
+    from .data import as_float_tensor
+
+    loss_obj = get_loss(loss)
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta!r}")
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer; got {width!r}")
+    spec = PatchSpec(kernel_size, stride=stride, padding=padding, dims=spec_dims)
+    batch, resolved = as_signal_batch(as_float_tensor(X, name="X", dtype=dtype), spec)
+    Y = as_float_tensor(y, name="y", dtype=dtype)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    if Y.shape[0] != batch.shape[0]:
+        raise ValueError(f"y has {Y.shape[0]} rows but X has {batch.shape[0]} samples")
+    torch.manual_seed(seed)  # nn.Module init uses the global generator
+    net = TwoLayerCNN(batch.shape[1], width, resolved, pooling=pooling, n_outputs=Y.shape[1]).to(
+        dtype
+    )
+    return train_network(
+        net,
+        batch,
+        Y,
+        loss=loss_obj,
+        beta=beta,
+        optimizer=optimizer,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+    )

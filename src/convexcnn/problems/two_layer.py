@@ -1,0 +1,207 @@
+"""Two-layer ReLU CNN with global sum/average pooling (SPEC §3) and its gated relaxation (§5).
+
+Variable ``W`` of shape (c, 2, P, h): ``W[j, 0, i] = c_i`` and ``W[j, 1, i] = c'_i`` for output j
+and pattern i. With ``A_i = Σ_k D_i^k X_k`` (n, h) and ``G_i = (2 diag(d_i) − I) M`` (nK, h):
+
+    F[:, j] = Σ_i A_i (W[j,0,i] − W[j,1,i])                      (n, c)
+    𝒢(W)[j, s, i] = G_i W[j, s, i] ≥ 0                            (c, 2, P, n, K)
+    ρ(W) = Σ_{j,s,i} ‖W[j, s, i]‖₂                                 group ℓ2
+
+Average pooling is sum pooling over patches scaled by 1/K. The gated program (``gated=True``)
+drops 𝒢: it is the exact convex form of the gated network and a lower bound for the ReLU one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..losses import Loss
+from ..networks import TwoLayerCNN
+from ..patches import ResolvedSpec
+from ..patterns import PatternSet
+from .base import ConvexProblem, RecoveredNetwork
+
+__all__ = ["TwoLayerReLU", "group_soft_threshold"]
+
+#: Blocks with ‖c‖ ≤ this fraction of the largest block are treated as zero by recovery.
+ZERO_BLOCK_RTOL = 1e-10
+
+
+def group_soft_threshold(W: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Prox of threshold·Σ‖W[..., :]‖₂ over the last axis: scale each row by (1 − t/‖w‖)_+."""
+    norms = W.norm(dim=-1, keepdim=True)
+    scale = (1 - threshold / norms.clamp_min(1e-300)).clamp_min(0)
+    return W * scale
+
+
+class TwoLayerReLU(ConvexProblem):
+    """SPEC §3 program over a fixed :class:`PatternSet`.
+
+    Args:
+        patches: (n, K, h) training patches (unscaled; pooling="avg" divides by K here).
+        patterns: the P joint patterns; masks (P, n, K).
+        targets: (n, c).
+        beta: weight-decay strength β > 0.
+        loss: a :class:`~convexcnn.losses.Loss`.
+        pooling: "sum" or "avg".
+        spec, in_channels: geometry, for building the recovered torch network.
+        gated: drop the cone constraints (SPEC §5).
+    """
+
+    def __init__(
+        self,
+        patches: torch.Tensor,
+        patterns: PatternSet,
+        targets: torch.Tensor,
+        beta: float,
+        loss: Loss,
+        *,
+        pooling: str = "sum",
+        spec: ResolvedSpec,
+        in_channels: int,
+        inputs: torch.Tensor,
+        gated: bool = False,
+    ) -> None:
+        n, K, h = patches.shape
+        if patterns.masks.shape[1:] != (n, K) or patterns.filter_size != h:
+            raise ValueError(
+                f"patterns were built for data with (n, K, h) = ({patterns.n_samples}, "
+                f"{patterns.n_positions}, {patterns.filter_size}) but X gives ({n}, {K}, {h}); "
+                "build the PatternSet from the same X and PatchSpec you fit"
+            )
+        self.raw_patches = patches
+        self.patches = patches / K if pooling == "avg" else patches
+        self.patterns = patterns
+        self.masks = patterns.masks
+        self.targets = targets
+        self.beta = float(beta)
+        self.loss = loss
+        self.pooling = pooling
+        self.spec = spec
+        self.in_channels = in_channels
+        self.inputs = inputs
+        self.gated = gated
+        self.n, self.K, self.h = n, K, h
+        self.c = targets.shape[1]
+        self.P = len(patterns)
+        self._masked: torch.Tensor | None = None
+
+    # ----- operators ------------------------------------------------------------------
+    @property
+    def variable_shape(self) -> tuple[int, ...]:
+        return (self.c, 2, self.P, self.h)
+
+    @property
+    def masked_patches(self) -> torch.Tensor:
+        """A_i = Σ_k D_i^k X_k for every pattern, (P, n, h) (computed once)."""
+        if self._masked is None:
+            m = self.masks.to(self.patches.dtype)
+            self._masked = torch.einsum("ptk,tkh->pth", m, self.patches)
+        return self._masked
+
+    def predict(self, W: torch.Tensor) -> torch.Tensor:
+        V = W[:, 0] - W[:, 1]  # (c, P, h)
+        return torch.einsum("pth,jph->tj", self.masked_patches, V)
+
+    def predict_adjoint(self, R: torch.Tensor) -> torch.Tensor:
+        g = torch.einsum("pth,tj->jph", self.masked_patches, R)
+        return torch.stack([g, -g], dim=1)
+
+    @property
+    def has_constraints(self) -> bool:
+        return not self.gated
+
+    def _signs(self) -> torch.Tensor:
+        return self.masks.to(self.patches.dtype) * 2 - 1  # (P, n, K)
+
+    def constraint(self, W: torch.Tensor) -> torch.Tensor | None:
+        if self.gated:
+            return None
+        MW = torch.einsum("tkh,jsph->jsptk", self.patches, W)
+        return MW * self._signs()
+
+    def constraint_adjoint(self, L: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            raise NotImplementedError("the gated program has no constraints")
+        return torch.einsum("jsptk,ptk,tkh->jsph", L, self._signs(), self.patches)
+
+    # ----- regularizer ----------------------------------------------------------------
+    def regularizer(self, W: torch.Tensor) -> torch.Tensor:
+        return self.beta * W.norm(dim=-1).sum()
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        return group_soft_threshold(W, step * self.beta)
+
+    def dual_norm(self, G: torch.Tensor) -> torch.Tensor:
+        return G.norm(dim=-1).max()
+
+    # ----- recovery -------------------------------------------------------------------
+    def recover(self, W: torch.Tensor) -> RecoveredNetwork:
+        """Each nonzero block c → filter c/√‖c‖, output weight ±√‖c‖ (SPEC §2.3)."""
+        norms = W.norm(dim=-1)  # (c, 2, P)
+        cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
+        keep = (norms > cutoff).nonzero(as_tuple=False)  # rows (j, s, i)
+        m = int(keep.shape[0])
+        filters = torch.zeros((m, self.h), dtype=W.dtype)
+        out = torch.zeros((self.c, m), dtype=W.dtype)
+        for b, (j, s, i) in enumerate(keep.tolist()):
+            r = norms[j, s, i].sqrt()
+            filters[b] = W[j, s, i] / r
+            out[j, b] = r if s == 0 else -r
+        net = TwoLayerCNN(
+            self.in_channels, m, self.spec, pooling=self.pooling, n_outputs=self.c
+        ).to(W.dtype)
+        net.set_weights(filters, out)
+        value = network_objective(net, self.inputs, self.targets, self.loss, self.beta)
+        gated_note = {"gated": True} if self.gated else {}
+        return RecoveredNetwork(net, value, m, info=gated_note)
+
+    # ----- exact-solver hooks --------------------------------------------------------
+    def cvxpy_size(self) -> dict[str, int]:
+        blocks = self.c * 2 * self.P
+        rows = 0 if self.gated else blocks * self.n * self.K
+        return {
+            "variables": blocks * self.h,
+            "constraint_rows": rows,
+            "nonzeros": rows * self.h + self.c * 2 * self.P * self.n * self.h,
+        }
+
+    def cvxpy_program(self, w: Any) -> tuple[Any, Any, list[Any]]:
+        import cvxpy as cp
+        import scipy.sparse as sp
+
+        c, P, h, n = self.c, self.P, self.h, self.n
+        A = self.masked_patches.detach().cpu().numpy()  # (P, n, h)
+        A_row = np.transpose(A, (1, 0, 2)).reshape(n, P * h)  # columns (i, q)
+        columns = []
+        for j in range(c):
+            blocks = [sp.csr_matrix((n, P * h))] * (2 * c)
+            blocks[2 * j] = sp.csr_matrix(A_row)
+            blocks[2 * j + 1] = sp.csr_matrix(-A_row)
+            columns.append(sp.hstack(blocks, format="csr") @ w)
+        prediction = cp.vstack(columns).T if c > 1 else cp.reshape(columns[0], (n, 1), order="C")
+        W2 = cp.reshape(w, (c * 2 * P, h), order="C")
+        reg = self.beta * cp.sum(cp.norm(W2, 2, axis=1))
+        constraints: list[Any] = []
+        if not self.gated:
+            M = self.patches.reshape(n * self.K, h).detach().cpu().numpy()
+            signs = self._signs().reshape(P, n * self.K).cpu().numpy()
+            G_blocks = [sp.csr_matrix(signs[i][:, None] * M) for i in range(P)]
+            G = sp.block_diag(G_blocks * (2 * c), format="csr")
+            constraints.append(G @ w >= 0)
+        return prediction, reg, constraints
+
+
+def network_objective(
+    net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: Loss, beta: float
+) -> float:
+    """ℓ(net(X); Y) + (β/2)·Σ‖θ‖² over the network's weight-decayed parameters, by running it."""
+    with torch.no_grad():
+        out = net(inputs)
+        if out.ndim == 1:
+            out = out[:, None]
+        penalty = net.weight_penalty(beta) if hasattr(net, "weight_penalty") else 0.0
+        return float(loss.value(out, targets) + penalty)
