@@ -11,19 +11,16 @@ import torch
 from .data import as_float_tensor, one_hot, validate_targets
 from .losses import Loss, get_loss
 from .patches import PatchSpec, ResolvedSpec, as_signal_batch, extract_patches
-from .patterns import PatternSet, sample_patch_patterns
+from .patterns import PatternSet
 from .problems.base import ConvexProblem
-from .problems.two_layer import TwoLayerReLU
-from .solvers.exact import ExactSolver
+from .problems.registry import ARCHITECTURES, FitContext, build_problem
+from .solvers import get_solver
 from .solvers.result import ConvexSolution
 
-__all__ = ["ARCHITECTURES", "DEFAULT_PATTERNS", "FitResult", "fit"]
+__all__ = ["DEFAULT_PATTERNS", "FitResult", "fit"]
 
 #: Generator filters drawn when ``patterns=None``.
 DEFAULT_PATTERNS = 100
-
-ARCHITECTURES: dict[str, tuple[str, ...]] = {"two_layer": ("sum", "avg")}
-SOLVERS = ("exact", "auto")
 
 
 @dataclass
@@ -46,7 +43,7 @@ class FitResult:
     network: torch.nn.Module
     network_objective: float
     n_filters: int
-    patterns: PatternSet
+    patterns: PatternSet | None
     solve_time: float
     status: str
     solution: ConvexSolution
@@ -94,7 +91,7 @@ class FitResult:
             "objective": self.objective,
             "network_objective": self.network_objective,
             "n_filters": self.n_filters,
-            "n_patterns": len(self.patterns),
+            "n_patterns": len(self.patterns) if self.patterns is not None else 0,
             "solve_time": self.solve_time,
             "status": self.status,
             "solver": self.solution.info.get("solver", ""),
@@ -150,12 +147,13 @@ def fit(
     beta: float = 1e-3,
     loss: str | Loss = "squared",
     task: str = "auto",
-    patterns: None | int | PatternSet = None,
+    patterns: Any = None,
     pattern_kind: str = "gaussian",
     solver: str = "exact",
     solver_options: dict[str, Any] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    **architecture_options: Any,
 ) -> FitResult:
     """Train a CNN to global optimality over its patterns by solving its convex program.
 
@@ -164,7 +162,8 @@ def fit(
             ``spec_dims=1``. numpy or torch.
         y: targets (n,) or (n, c). ±1 for binary losses / ``task="binary"``; integer labels
             for ``loss="cross_entropy"``.
-        architecture, pooling: "two_layer" with "sum" or "avg" (SPEC §3).
+        architecture, pooling: see ``convexcnn.problems.registry.ARCHITECTURES``
+            ("two_layer" with "sum" or "avg": SPEC §3).
         kernel_size, stride, padding, dilation, spec_dims: convolution geometry (PatchSpec).
         beta: weight decay β > 0; objective ℓ(f(X); Y) + (β/2)Σ_j(‖u_j‖² + ‖w_j‖²).
         loss: "squared", "logistic", "cross_entropy", "squared_hinge", "huber" or a Loss.
@@ -172,68 +171,57 @@ def fit(
         patterns: None (sample 100 filters), an int (generator filters to sample) or a
             PatternSet built on the same X and spec.
         pattern_kind: "gaussian" or "patches" generator filters when sampling.
-        solver: "exact" (CVXPY + Clarabel) or "auto".
+        solver: "exact" (CVXPY + Clarabel) or another registered solver name.
+        solver_options: keyword options of the solver object.
         seed: seeds pattern sampling.
         dtype: torch.float64 (default) or torch.float32.
+        architecture_options: options of the architecture (e.g. ``gated=True``).
 
     Returns:
         A :class:`FitResult`; ``network_objective`` is the recovered network's own objective.
     """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"architecture must be one of {sorted(ARCHITECTURES)}; got {architecture!r}"
-        )
-    if pooling not in ARCHITECTURES[architecture]:
-        raise ValueError(
-            f"pooling must be one of {list(ARCHITECTURES[architecture])} for "
-            f"architecture={architecture!r}; got {pooling!r}"
-        )
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
     beta_value = _check_beta(beta)
     loss_obj = get_loss(loss)
     task_name = resolve_task(task, loss_obj)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"architecture must be one of {sorted(ARCHITECTURES)}; got {architecture!r}"
+        )
+    if pooling not in ARCHITECTURES[architecture].poolings:
+        raise ValueError(
+            f"pooling must be one of {list(ARCHITECTURES[architecture].poolings)} for "
+            f"architecture={architecture!r}; got {pooling!r}"
+        )
+    solver_obj = get_solver(solver, **(solver_options or {}))
 
     spec = PatchSpec(kernel_size, stride=stride, padding=padding, dilation=dilation, dims=spec_dims)
     batch, resolved = as_signal_batch(as_float_tensor(X, name="X", dtype=dtype), spec)
     targets = prepare_targets(y, batch.shape[0], loss_obj, task_name, dtype)
-    patches = extract_patches(batch, resolved)
-
-    if patterns is None or (isinstance(patterns, int) and not isinstance(patterns, bool)):
-        count = DEFAULT_PATTERNS if patterns is None else patterns
-        pattern_set = sample_patch_patterns(patches, count, seed=seed, kind=pattern_kind)
-    elif isinstance(patterns, PatternSet):
-        pattern_set = patterns
-    else:
-        raise ValueError(
-            f"patterns must be None, a number of generator filters, or a PatternSet; got "
-            f"{type(patterns).__name__}"
-        )
-    if len(pattern_set) == 0:
-        raise ValueError("the pattern set is empty (every filter gave the all-zero pattern)")
-
-    problem = TwoLayerReLU(
-        patches,
-        pattern_set,
-        targets,
-        beta_value,
-        loss_obj,
+    context = FitContext(
+        batch=batch,
+        spec=spec,
+        resolved=resolved,
+        patches=extract_patches(batch, resolved),
+        targets=targets,
+        beta=beta_value,
+        loss=loss_obj,
         pooling=pooling,
-        spec=resolved,
-        in_channels=batch.shape[1],
-        inputs=batch,
+        patterns=patterns,
+        pattern_kind=pattern_kind,
+        seed=seed,
+        dtype=dtype,
     )
-    exact = ExactSolver(**(solver_options or {}))
-    solution = exact.solve(problem)
+    problem = build_problem(architecture, context, architecture_options)
+    solution = solver_obj.solve(problem)
     recovered = problem.recover(solution.W)
     return FitResult(
         objective=solution.objective,
         network=recovered.module,
         network_objective=recovered.objective,
         n_filters=recovered.n_branches,
-        patterns=pattern_set,
+        patterns=getattr(problem, "patterns", None),
         solve_time=solution.solve_time,
         status=solution.status,
         solution=solution,
@@ -245,4 +233,5 @@ def fit(
         task=task_name,
         architecture=architecture,
         pooling=pooling,
+        info=dict(recovered.info),
     )

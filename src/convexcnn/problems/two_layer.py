@@ -21,10 +21,11 @@ import torch
 from ..losses import Loss
 from ..networks import TwoLayerCNN
 from ..patches import ResolvedSpec
-from ..patterns import PatternSet
+from ..patterns import PatternSet, sample_patch_patterns
 from .base import ConvexProblem, RecoveredNetwork
+from .registry import FitContext
 
-__all__ = ["TwoLayerReLU", "group_soft_threshold"]
+__all__ = ["TwoLayerReLU", "build", "group_soft_threshold", "network_objective"]
 
 #: Blocks with ‖c‖ ≤ this fraction of the largest block are treated as zero by recovery.
 ZERO_BLOCK_RTOL = 1e-10
@@ -205,3 +206,42 @@ def network_objective(
             out = out[:, None]
         penalty = net.weight_penalty(beta) if hasattr(net, "weight_penalty") else 0.0
         return float(loss.value(out, targets) + penalty)
+
+
+def build(context: FitContext, options: dict[str, Any]) -> TwoLayerReLU:
+    """Builder for ``fit(architecture="two_layer")``: samples or checks the PatternSet."""
+    patterns = resolve_patterns(context)
+    return TwoLayerReLU(
+        context.patches,
+        patterns,
+        context.targets,
+        context.beta,
+        context.loss,
+        pooling=context.pooling,
+        spec=context.resolved,
+        in_channels=context.batch.shape[1],
+        inputs=context.batch,
+        gated=bool(options.get("gated", False)),
+    )
+
+
+def resolve_patterns(context: FitContext) -> PatternSet:
+    """The fit's ``patterns`` argument as a PatternSet on the training patches."""
+    from ..fit import DEFAULT_PATTERNS
+
+    patterns = context.patterns
+    if patterns is None or (isinstance(patterns, int) and not isinstance(patterns, bool)):
+        count = DEFAULT_PATTERNS if patterns is None else patterns
+        pattern_set = sample_patch_patterns(
+            context.patches, count, seed=context.seed, kind=context.pattern_kind
+        )
+    elif isinstance(patterns, PatternSet):
+        pattern_set = patterns
+    else:
+        raise ValueError(
+            "patterns must be None, a number of generator filters, or a PatternSet; got "
+            f"{type(patterns).__name__}"
+        )
+    if len(pattern_set) == 0:
+        raise ValueError("the pattern set is empty (every filter gave the all-zero pattern)")
+    return pattern_set
