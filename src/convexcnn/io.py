@@ -32,8 +32,10 @@ __all__ = [
     "atomic_write_text",
     "load_checkpoint",
     "load_model",
+    "load_network",
     "save_checkpoint",
     "save_model",
+    "save_network",
     "to_jsonable",
 ]
 
@@ -348,3 +350,53 @@ def load_checkpoint(
     if not isinstance(info, dict):
         raise ValueError(f"{target}: checkpoint info must be a JSON object")
     return state, info
+
+
+# --------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------
+
+
+def save_network(
+    path_dir: str | os.PathLike[str], network: torch.nn.Module, metadata: Mapping[str, Any]
+) -> Path:
+    """Save a recovered network: its state_dict, its class and ``config()``, plus metadata.
+
+    The module class must provide ``config()`` and ``from_config(config)``.
+    """
+    if not hasattr(network, "config") or not hasattr(type(network), "from_config"):
+        raise NotImplementedError(
+            f"saving {type(network).__name__} is not supported: it has no config()/from_config()"
+        )
+    cls = type(network)
+    full = {
+        **dict(metadata),
+        "network_class": f"{cls.__module__}:{cls.__qualname__}",
+        "network_config": network.config(),
+        "network_dtype": str(next(network.parameters()).dtype).removeprefix("torch."),
+    }
+    state = {k: v.detach() for k, v in network.state_dict().items()}
+    return save_model(path_dir, state, full)
+
+
+def load_network(path_dir: str | os.PathLike[str]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a network saved by :func:`save_network`; returns (module, metadata)."""
+    import importlib
+
+    tensors, metadata = load_model(path_dir)
+    target = metadata.get("network_class")
+    if not isinstance(target, str) or ":" not in target or "network_config" not in metadata:
+        raise ValueError(f"{path_dir} holds tensors but no network description (model.json)")
+    module_name, qualname = target.split(":", 1)
+    if not module_name.startswith("convexcnn."):
+        raise ValueError(f"{path_dir}: refusing to import network class {target!r}")
+    cls = getattr(importlib.import_module(module_name), qualname)
+    network = cls.from_config(metadata["network_config"])
+    dtype = getattr(torch, metadata.get("network_dtype", "float64"))
+    network = network.to(dtype)
+    try:
+        network.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise ValueError(f"{path_dir}: weights do not match the saved network: {err}") from None
+    network.eval()
+    return network, metadata
