@@ -130,11 +130,16 @@ def _build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> Any:
     from .data import load_dataset
 
-    classes = None if args.classes in (None, "all") else [
-        _parse_value(c) for c in str(args.classes).split(",")
-    ]
+    classes = (
+        None
+        if args.classes in (None, "all")
+        else [_parse_value(c) for c in str(args.classes).split(",")]
+    )
     return load_dataset(
-        args.data, classes=classes, test_size=getattr(args, "test_size", 0.3), seed=0,
+        args.data,
+        classes=classes,
+        test_size=getattr(args, "test_size", 0.3),
+        seed=0,
         limit=args.train_size,
     )
 
