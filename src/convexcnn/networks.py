@@ -7,9 +7,11 @@ positions → Linear(m → c, bias=False)``; its training objective is
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ from torch import nn
 from .losses import Loss, get_loss
 from .patches import PatchSpec, ResolvedSpec, as_signal_batch
 
-__all__ = ["BaselineResult", "TwoLayerCNN", "train_sgd"]
+__all__ = ["BaselineResult", "PooledCNN", "TwoLayerCNN", "train_sgd"]
 
 
 class TwoLayerCNN(nn.Module):
@@ -72,6 +74,90 @@ class TwoLayerCNN(nn.Module):
     @property
     def width(self) -> int:
         return int(self.conv.out_channels)
+
+
+class PooledCNN(TwoLayerCNN):
+    """Conv → ReLU → pooling → Linear, no biases (SPEC §4). Input (n, C, *spatial).
+
+    ``pool_size=None``: global pooling over all positions ("max", "avg" or "sum").
+    Otherwise local windows of ``pool_size`` every ``pool_stride`` positions on the conv output
+    grid (torch's ``max_pool``/``avg_pool``: no padding, floor mode; "sum" = avg·|window|),
+    followed by a sum over the windows. Objective and weight penalty as :class:`TwoLayerCNN`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        spec: ResolvedSpec,
+        *,
+        pooling: str = "max",
+        pool_size: tuple[int, ...] | None = None,
+        pool_stride: tuple[int, ...] | None = None,
+        n_outputs: int = 1,
+    ) -> None:
+        if pooling not in ("max", "avg", "sum"):
+            raise ValueError(f"pooling must be 'max', 'avg' or 'sum'; got {pooling!r}")
+        super().__init__(in_channels, width, spec, pooling="sum", n_outputs=n_outputs)
+        self.pooling = pooling
+        self.pool_size = pool_size
+        self.pool_stride = pool_size if pool_stride is None else pool_stride
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled hidden features (n, m): Σ over windows of each window's max/avg/sum."""
+        z = torch.relu(self.conv(x))  # (n, m, *grid)
+        if self.pool_size is None:
+            flat = z.flatten(2)
+            if self.pooling == "max":
+                return flat.amax(dim=2)
+            return flat.sum(dim=2) if self.pooling == "sum" else flat.mean(dim=2)
+        one_d = self.spec.dims == 1
+        stride = self.pool_stride or self.pool_size
+        if self.pooling == "max":
+            pool = nn.functional.max_pool1d if one_d else nn.functional.max_pool2d
+            windows = pool(z, self.pool_size, stride)
+        else:
+            avg = nn.functional.avg_pool1d if one_d else nn.functional.avg_pool2d
+            windows = avg(z, self.pool_size, stride)
+            if self.pooling == "sum":
+                windows = windows * math.prod(self.pool_size)
+        return windows.flatten(2).sum(dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(self.pooled(x))
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, JSON-able (saved beside the weights by convexcnn.io)."""
+        return {
+            "in_channels": int(self.conv.in_channels),
+            "width": self.width,
+            "spec": {
+                "kernel": list(self.spec.kernel),
+                "stride": list(self.spec.stride),
+                "padding": list(self.spec.padding),
+                "dilation": list(self.spec.dilation),
+            },
+            "pooling": self.pooling,
+            "pool_size": None if self.pool_size is None else list(self.pool_size),
+            "pool_stride": None if self.pool_stride is None else list(self.pool_stride),
+            "n_outputs": self.n_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PooledCNN:
+        """Inverse of :meth:`config` (weights uninitialized until loaded)."""
+        spec = ResolvedSpec(**{k: tuple(v) for k, v in config["spec"].items()})
+        size, stride = config["pool_size"], config["pool_stride"]
+        return cls(
+            config["in_channels"],
+            config["width"],
+            spec,
+            pooling=config["pooling"],
+            pool_size=None if size is None else tuple(size),
+            pool_stride=None if stride is None else tuple(stride),
+            n_outputs=config["n_outputs"],
+        )
 
 
 @dataclass

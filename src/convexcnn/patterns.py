@@ -193,19 +193,26 @@ def sample_patch_patterns(
         kind: "gaussian" (u ~ N(0, I_h)) or "patches" (u = a random training patch minus the
             mean patch, plus 10 % Gaussian noise: data-driven hyperplanes through the data).
     """
+    filters = draw_generator_filters(patches, n_filters, seed=seed, kind=kind)
+    return PatternSet.from_patch_filters(patches, filters, source=kind)
+
+
+def draw_generator_filters(
+    patches: torch.Tensor, n_filters: int, *, seed: int = 0, kind: str = "gaussian"
+) -> torch.Tensor:
+    """``n_filters`` generator filters (n_filters, h) of the given ``kind`` (see
+    :func:`sample_patch_patterns`) for patches (n, K, h); seeded, no global state."""
     if not isinstance(n_filters, int) or isinstance(n_filters, bool) or n_filters < 1:
         raise ValueError(f"patterns (number of generator filters) must be ≥ 1; got {n_filters!r}")
     gen = torch.Generator().manual_seed(int(seed))
     n, K, h = patches.shape
     gauss = torch.randn((n_filters, h), generator=gen, dtype=patches.dtype)
     if kind == "gaussian":
-        filters = gauss
-    elif kind == "patches":
+        return gauss
+    if kind == "patches":
         flat = patches.reshape(n * K, h)
         pick = torch.randint(0, n * K, (n_filters,), generator=gen)
         centred = flat[pick] - flat.mean(dim=0)
         scale = centred.norm(dim=1, keepdim=True).clamp_min(1e-12) / np.sqrt(h)
-        filters = centred + 0.1 * scale * gauss
-    else:
-        raise ValueError(f"kind must be 'gaussian' or 'patches'; got {kind!r}")
-    return PatternSet.from_patch_filters(patches, filters, source=kind)
+        return centred + 0.1 * scale * gauss
+    raise ValueError(f"kind must be 'gaussian' or 'patches'; got {kind!r}")

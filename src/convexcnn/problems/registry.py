@@ -58,9 +58,10 @@ class ArchitectureEntry:
 ARCHITECTURES: dict[str, ArchitectureEntry] = {
     "two_layer": ArchitectureEntry(
         ".two_layer:build",
-        ("sum", "avg"),
-        ("gated",),
-        "Conv → ReLU → global sum/avg pool → Linear (SPEC §3; gated=True: §5)",
+        ("sum", "avg", "max"),
+        ("gated", "pool_size", "pool_stride"),
+        "Conv → ReLU → global sum/avg (§3; gated=True: §5) or max (§4) pool → Linear; "
+        "pool_size/pool_stride: local windows + a sum over windows",
     ),
 }
 

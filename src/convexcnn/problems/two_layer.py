@@ -208,8 +208,15 @@ def network_objective(
         return float(loss.value(out, targets) + penalty)
 
 
-def build(context: FitContext, options: dict[str, Any]) -> TwoLayerReLU:
-    """Builder for ``fit(architecture="two_layer")``: samples or checks the PatternSet."""
+def build(context: FitContext, options: dict[str, Any]) -> ConvexProblem:
+    """Builder for ``fit(architecture="two_layer")``: samples or checks the PatternSet.
+    Max pooling and local pooling windows are built by :mod:`.local_pool` / :mod:`.max_pool`."""
+    if context.pooling == "max" or options.get("pool_size") is not None:
+        from .local_pool import build_pooled
+
+        return build_pooled(context, options)
+    if options.get("pool_stride") is not None:
+        raise ValueError("pool_stride needs pool_size (the local pooling window); pass both")
     patterns = resolve_patterns(context)
     return TwoLayerReLU(
         context.patches,
