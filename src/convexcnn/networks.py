@@ -316,3 +316,117 @@ def train_sgd(
         batch_size=batch_size,
         seed=seed,
     )
+
+
+# ----- three-layer CNN with two ReLU layers (SPEC §8) ------------------------------------
+
+__all__ += ["ThreeLayerCNN"]
+
+
+class ThreeLayerCNN(nn.Module):
+    """Conv(C → m·m1) → ReLU → sum/avg pool → block-diagonal Linear(m·m1 → m) → ReLU →
+    Linear(m → c), no biases (SPEC §8, "branch-owned filters"). Input (n, C, *spatial).
+
+    Branch j owns conv channels j·m1 … j·m1+m1−1 (its filters U_j = (u_j1, …, u_jm1)); the
+    block-diagonal layer is a grouped 1×1 convolution (groups = m, weight (m, m1, 1) = w1).
+    ``output_mask`` (c, m) restricts which outputs a branch feeds (block-structured multi-output;
+    all ones by default). Objective: ℓ(f(X); Y) + (β/2)(‖w1‖² + ‖w2‖²) subject to
+    ``‖U_j‖_F ≤ 1`` ("path") or ``‖u_jl‖ ≤ 1`` ("unit"), kept by :meth:`project`.
+    Output (n,) when ``n_outputs == 1``, else (n, c).
+    """
+
+    output_mask: torch.Tensor
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        branch_width: int,
+        spec: ResolvedSpec,
+        *,
+        pooling: str = "sum",
+        regularization: str = "path",
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("sum", "avg"):
+            raise ValueError(f"pooling must be 'sum' or 'avg' for ThreeLayerCNN; got {pooling!r}")
+        if regularization not in ("path", "unit"):
+            raise ValueError(f"regularization must be 'path' or 'unit'; got {regularization!r}")
+        conv_cls = nn.Conv1d if spec.dims == 1 else nn.Conv2d
+        geometry: dict[str, Any] = {
+            "kernel_size": spec.kernel,
+            "stride": spec.stride,
+            "padding": spec.padding,
+            "dilation": spec.dilation,
+        }
+        self.conv = conv_cls(in_channels, width * branch_width, bias=False, **geometry)
+        self.block = nn.Conv1d(width * branch_width, width, 1, groups=width, bias=False)
+        self.linear = nn.Linear(width, n_outputs, bias=False)
+        self.register_buffer("output_mask", torch.ones(n_outputs, width))
+        self.pooling = pooling
+        self.regularization = regularization
+        self.spec = spec
+        self.width = width
+        self.branch_width = branch_width
+        self.n_outputs = n_outputs
+
+    def branch_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled first-layer activations a(u_jl), shape (n, m·m1)."""
+        z = torch.relu(self.conv(x)).flatten(2)
+        return z.sum(dim=2) if self.pooling == "sum" else z.mean(dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.branch_inputs(x)
+        hidden = torch.relu(self.block(pooled[:, :, None])[:, :, 0])  # (n, m)
+        out = hidden @ (self.linear.weight * self.output_mask).T
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    @property
+    def w1(self) -> torch.Tensor:
+        """Second-layer weights (m, m1)."""
+        return self.block.weight[:, :, 0]
+
+    def filters(self) -> torch.Tensor:
+        """First-layer filters, (m, m1, h) with h = C·Πkernel."""
+        return self.conv.weight.reshape(self.width, self.branch_width, -1)
+
+    def weight_penalty(self, beta: float) -> torch.Tensor:
+        """(β/2)(‖w1‖² + ‖w2‖²) (w2 masked); the filters are constrained instead."""
+        w2 = self.linear.weight * self.output_mask
+        return 0.5 * beta * (self.block.weight.pow(2).sum() + w2.pow(2).sum())
+
+    def path_penalty(self, beta: float) -> torch.Tensor:
+        """β Σ_j Σ_l ‖w2_j‖·|w1_jl|·‖u_jl‖, the ℓ2 path norm the "path" constraint encodes."""
+        w2 = (self.linear.weight * self.output_mask).norm(dim=0)  # (m,)
+        return beta * (w2[:, None] * self.w1.abs() * self.filters().norm(dim=2)).sum()
+
+    def constraint_norms(self) -> torch.Tensor:
+        """‖U_j‖_F per branch (m,) for "path", ‖u_jl‖ per filter (m, m1) for "unit"."""
+        norms = self.filters().norm(dim=2)
+        return norms.norm(dim=1) if self.regularization == "path" else norms
+
+    def project(self) -> None:
+        """Rescale filters onto the constraint set (‖U_j‖_F ≤ 1 or ‖u_jl‖ ≤ 1), in place."""
+        with torch.no_grad():
+            U = self.filters()
+            if self.regularization == "path":
+                scale = U.flatten(1).norm(dim=1).clamp_min(1.0)[:, None, None]
+            else:
+                scale = U.norm(dim=2, keepdim=True).clamp_min(1.0)
+            self.conv.weight.copy_((U / scale).reshape(self.conv.weight.shape))
+
+    def set_weights(
+        self,
+        filters: torch.Tensor,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        output_mask: torch.Tensor | None = None,
+    ) -> None:
+        """Load filters (m, m1, h), w1 (m, m1), w2 (c, m) and optionally the output mask."""
+        with torch.no_grad():
+            self.conv.weight.copy_(filters.reshape(self.conv.weight.shape))
+            self.block.weight.copy_(w1.reshape(self.block.weight.shape))
+            self.linear.weight.copy_(w2)
+            if output_mask is not None:
+                self.output_mask.copy_(output_mask)

@@ -56,6 +56,13 @@ class ArchitectureEntry:
 
 
 ARCHITECTURES: dict[str, ArchitectureEntry] = {
+    "three_layer": ArchitectureEntry(
+        ".three_layer:build",
+        ("sum", "avg"),
+        ("branch_width", "regularization", "prune"),
+        "Conv(m·m1) → ReLU → sum/avg pool → block-diagonal Linear(m·m1 → m) → ReLU → Linear "
+        "(§8); patterns = random branches to sample, 'enumerate' or a TupleSet",
+    ),
     "two_layer": ArchitectureEntry(
         ".two_layer:build",
         ("sum", "avg", "max"),
