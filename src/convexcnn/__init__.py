@@ -7,5 +7,14 @@ Public API: :func:`fit`, :class:`FitResult`, :class:`PatchSpec`, :class:`Pattern
 from .fit import FitResult, fit
 from .patches import PatchSpec
 from .patterns import PatternSet, sample_patterns
+from .regularizers import ImplicitRegularizer, implicit_regularizer
 
-__all__ = ["FitResult", "PatchSpec", "PatternSet", "fit", "sample_patterns"]
+__all__ = [
+    "FitResult",
+    "ImplicitRegularizer",
+    "PatchSpec",
+    "PatternSet",
+    "fit",
+    "implicit_regularizer",
+    "sample_patterns",
+]

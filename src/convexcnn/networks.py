@@ -212,11 +212,14 @@ def train_network(
     seed: int = 0,
     project: Callable[[nn.Module], None] | None = None,
     time_budget: float | None = None,
+    before_step: Callable[[nn.Module], None] | None = None,
 ) -> BaselineResult:
     """Minimize the full objective of ``net`` by Adam/SGD (momentum 0.9), recording history.
 
     The optimizer works on objective/n (same minimizers, learning rates independent of n).
-    ``project`` is applied after every step (e.g. to keep filters on a norm ball).
+    ``project`` is applied after every step (e.g. to keep filters on a norm ball);
+    ``before_step`` after the backward pass, before the step (e.g. to project gradients onto
+    the tangent space of a constraint manifold).
     """
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {optimizer!r}")
@@ -247,6 +250,9 @@ def train_network(
             # mini-batch estimate of objective/n
             value = loss.value(out, yb) / xb.shape[0] + net.weight_penalty(beta) / n  # type: ignore[operator]
             value.backward()
+            if before_step is not None:
+                with torch.no_grad():
+                    before_step(net)
             opt.step()
             if project is not None:
                 with torch.no_grad():
@@ -430,3 +436,246 @@ class ThreeLayerCNN(nn.Module):
             self.linear.weight.copy_(w2)
             if output_mask is not None:
                 self.output_mask.copy_(output_mask)
+
+
+# ----- linear and circular CNNs (SPEC §6, §7) ---------------------------------------------
+
+__all__ += ["CircularCNN", "CircularConv", "LinearCNN", "LinearCircularCNN"]
+
+
+class LinearCNN(nn.Module):
+    """Conv (no ReLU) → sum over positions or flatten → Linear, no biases (SPEC §6).
+
+    ``pooling="sum"``: ``f = W_out · Σ_k conv(x)[:, k]``; ``"flatten"``: one output weight per
+    (filter, position), ``Linear(width·K → c)`` on the flattened conv output (n, m·K).
+    Objective ``ℓ + (β/2)(‖conv.weight‖² + ‖linear.weight‖²)``. Output (n,) or (n, c).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        spec: ResolvedSpec,
+        *,
+        pooling: str = "sum",
+        n_positions: int = 1,
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("sum", "flatten"):
+            raise ValueError(f"pooling must be 'sum' or 'flatten' for LinearCNN; got {pooling!r}")
+        conv_cls: Any = nn.Conv1d if spec.dims == 1 else nn.Conv2d
+        self.conv = conv_cls(
+            in_channels,
+            width,
+            kernel_size=spec.kernel,
+            stride=spec.stride,
+            padding=spec.padding,
+            dilation=spec.dilation,
+            bias=False,
+        )
+        features = width if pooling == "sum" else width * n_positions
+        self.linear = nn.Linear(features, n_outputs, bias=False)
+        self.pooling = pooling
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(x).flatten(2)  # (n, m, K)
+        features = z.sum(dim=2) if self.pooling == "sum" else z.flatten(1)
+        out = self.linear(features)
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def weight_penalty(self, beta: float) -> torch.Tensor:
+        """(β/2)(‖conv.weight‖² + ‖linear.weight‖²)."""
+        return 0.5 * beta * (self.conv.weight.pow(2).sum() + self.linear.weight.pow(2).sum())
+
+
+class CircularConv(nn.Module):
+    """Full-size circular cross-correlation ``out[k] = Σ_m u[m]·x[(k + m) mod spatial]``
+    (multi-indices k, m; sum over input channels too): the row vector ``xᵀ·circ(u)`` of SPEC §7.
+
+    A ``Conv{1,2}d(kernel_size=spatial, padding=spatial//2, padding_mode="circular")``, cropped
+    to ``spatial`` and rolled back by the padding. Weight (out, in/groups, *spatial). Depthwise
+    layers (groups > 1) compute the same correlation by FFT, ``F⁻¹(conj(F u)·F x)``: torch's
+    grouped float64 CPU convolution loops over groups and is ~100× slower.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, spatial: tuple[int, ...], *, groups: int = 1
+    ) -> None:
+        super().__init__()
+        conv_cls: Any = nn.Conv1d if len(spatial) == 1 else nn.Conv2d
+        self.spatial = tuple(spatial)
+        self.pads = tuple(s // 2 for s in spatial)
+        self.conv = conv_cls(
+            in_channels,
+            out_channels,
+            kernel_size=self.spatial,
+            padding=self.pads,
+            padding_mode="circular",
+            groups=groups,
+            bias=False,
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(-len(self.spatial), 0))
+        if self.conv.groups > 1:
+            if self.conv.groups != x.shape[1] or self.conv.groups != self.conv.out_channels:
+                raise ValueError("grouped CircularConv supports depthwise layers only")
+            xh = torch.fft.rfftn(x, dim=dims)
+            uh = torch.fft.rfftn(self.conv.weight[:, 0], dim=dims)
+            return torch.fft.irfftn(xh * uh.conj(), s=self.spatial, dim=dims)
+        out = self.conv(x)
+        if len(self.spatial) == 1:
+            out = out[..., : self.spatial[0]]
+        else:
+            out = out[..., : self.spatial[0], : self.spatial[1]]
+        return torch.roll(out, shifts=tuple(-p for p in self.pads), dims=dims)
+
+
+class LinearCircularCNN(nn.Module):
+    """Two-layer linear circular CNN (SPEC §6): ``f = Σ_j xᵀ circ(u_j) w_j``.
+
+    :class:`CircularConv` (C → m) → flatten (n, m·d) → ``Linear(m·d → c)``; objective
+    ``ℓ + (β/2)(‖u‖² + ‖w‖²)``.
+    """
+
+    def __init__(
+        self, in_channels: int, spatial: tuple[int, ...], width: int, *, n_outputs: int = 1
+    ) -> None:
+        super().__init__()
+        d = math.prod(spatial)
+        self.conv = CircularConv(in_channels, width, spatial)
+        self.linear = nn.Linear(width * d, n_outputs, bias=False)
+        self.n_outputs = n_outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(self.conv(x).flatten(1))
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def weight_penalty(self, beta: float) -> torch.Tensor:
+        return 0.5 * beta * (self.conv.weight.pow(2).sum() + self.linear.weight.pow(2).sum())
+
+
+class CircularCNN(nn.Module):
+    """Circular CNN with one ReLU (SPEC §7), depth L ≥ 3, width m:
+
+        f(x) = Σ_j w2_j · (xᵀ circ(u_1j) ⋯ circ(u_(L−2)j) w1_j)_+      (one output per class)
+
+    Layers: :class:`CircularConv` (C → m), then L − 3 depthwise ones (m → m, groups=m), a
+    per-filter dot product with ``w1`` (m, d), ReLU, ``Linear(m → c)`` holding w2. The inner
+    filters are constrained, not decayed: ``inner_norm="l2"``: ‖u_l‖₂ ≤ 1; ``"schatten"``:
+    ‖F u_l‖_p ≤ 1 with p = 2(L − 2) (unitary DFT; the same as ℓ2 for L = 3). Weight penalty
+    ``(β/2)(‖w1‖² + ‖w2‖²)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        spatial: tuple[int, ...],
+        width: int,
+        *,
+        depth: int = 3,
+        inner_norm: str = "schatten",
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if depth < 3:
+            raise ValueError(f"depth must be ≥ 3 for CircularCNN; got {depth!r}")
+        if inner_norm not in ("schatten", "l2"):
+            raise ValueError(f"inner_norm must be 'schatten' or 'l2'; got {inner_norm!r}")
+        self.spatial = tuple(spatial)
+        self.depth = depth
+        self.inner_norm = inner_norm
+        self.n_outputs = n_outputs
+        convs = [CircularConv(in_channels, width, self.spatial)]
+        convs += [CircularConv(width, width, self.spatial, groups=width) for _ in range(depth - 3)]
+        self.convs = nn.ModuleList(convs)
+        d = math.prod(self.spatial)
+        self.w1 = nn.Parameter(torch.randn(width, d) / math.sqrt(d))
+        self.linear = nn.Linear(width, n_outputs, bias=False)
+        with torch.no_grad():
+            self.project_filters()
+
+    @property
+    def p(self) -> float:
+        """Exponent of the inner-filter bound: 2(L − 2) for "schatten", 2 for "l2"."""
+        return 2.0 * (self.depth - 2) if self.inner_norm == "schatten" else 2.0
+
+    def inner_filters(self) -> list[torch.Tensor]:
+        """The L − 2 constrained filter tensors, each (m, C_in, *spatial)."""
+        return [conv.weight for conv in self.convs]  # type: ignore[misc]
+
+    def filter_norms(self, u: torch.Tensor) -> torch.Tensor:
+        """Per-filter constraint value (m,): ‖u‖₂ or ‖F u‖_p."""
+        if self.p == 2.0:
+            return u.flatten(1).norm(dim=1)
+        dims = tuple(range(-len(self.spatial), 0))
+        uh = torch.fft.fftn(u, dim=dims, norm="ortho")
+        return uh.abs().pow(self.p).flatten(1).sum(dim=1).pow(1.0 / self.p)
+
+    def max_filter_norm(self) -> float:
+        with torch.no_grad():
+            return max(float(self.filter_norms(u).max()) for u in self.inner_filters())
+
+    def project_filters(self) -> None:
+        """Rescale every inner filter into its ball (u ← u / max(1, norm)). Call under no_grad."""
+        for u in self.inner_filters():
+            scale = self.filter_norms(u).clamp_min(1.0)
+            u.div_(scale.reshape(-1, *([1] * (u.ndim - 1))))
+
+    def retract_filters(self) -> None:
+        """Radial retraction onto the sphere (u ← u / norm). Call under no_grad."""
+        for u in self.inner_filters():
+            scale = self.filter_norms(u).clamp_min(1e-300)
+            u.div_(scale.reshape(-1, *([1] * (u.ndim - 1))))
+
+    def tangent_gradients(self) -> None:
+        """Project each inner filter's gradient onto the tangent space of its p-sphere
+        {‖F u‖_p = 1}: remove the component along ∇‖F u‖_p^p ∝ Re F⁻¹(|û|^{p−2} û)."""
+        dims = tuple(range(-len(self.spatial), 0))
+        for u in self.inner_filters():
+            if u.grad is None:
+                continue
+            uh = torch.fft.fftn(u, dim=dims, norm="ortho")
+            normal = torch.fft.ifftn(uh.abs().pow(self.p - 2) * uh, dim=dims, norm="ortho").real
+            n_flat, g_flat = normal.flatten(1), u.grad.flatten(1)
+            coef = (n_flat * g_flat).sum(dim=1) / n_flat.pow(2).sum(dim=1).clamp_min(1e-300)
+            u.grad.sub_(coef.reshape(-1, *([1] * (u.ndim - 1))) * normal)
+
+    def constraint_callbacks(
+        self,
+    ) -> tuple[Callable[[nn.Module], None] | None, Callable[[nn.Module], None]]:
+        """(before_step, project) for :func:`train_network`: tangent-space gradient + retraction
+        onto the p-sphere for Schatten-bounded deep stacks (L ≥ 4), else projection onto the
+        ball (‖u‖ ≤ 1)."""
+        if self.inner_norm == "schatten" and self.depth >= 4:
+            return (
+                lambda net: net.tangent_gradients(),
+                lambda net: net.retract_filters(),
+            )
+        return None, lambda net: net.project_filters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for conv in self.convs:
+            h = conv(h)
+        pre = torch.einsum("nmd,md->nm", h.flatten(2), self.w1)
+        out = self.linear(torch.relu(pre))
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def weight_penalty(self, beta: float) -> torch.Tensor:
+        """(β/2)(‖w1‖² + ‖w2‖²); the inner filters are constrained instead."""
+        return 0.5 * beta * (self.w1.pow(2).sum() + self.linear.weight.pow(2).sum())
+
+    def set_weights(self, filters: list[torch.Tensor], w1: torch.Tensor, w2: torch.Tensor) -> None:
+        """Load the L − 2 inner filter tensors, w1 (m, d) and w2 (c, m)."""
+        with torch.no_grad():
+            for u, value in zip(self.inner_filters(), filters, strict=True):
+                u.copy_(value.reshape(u.shape))
+            self.w1.copy_(w1)
+            self.linear.weight.copy_(w2)

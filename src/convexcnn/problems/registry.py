@@ -70,6 +70,26 @@ ARCHITECTURES: dict[str, ArchitectureEntry] = {
         "Conv → ReLU → global sum/avg (§3; gated=True: §5) or max (§4) pool → Linear; "
         "pool_size/pool_stride: local windows + a sum over windows",
     ),
+    "linear": ArchitectureEntry(
+        ".linear:build_linear",
+        ("sum", "flatten"),
+        (),
+        "Conv (no ReLU) → sum pool (ℓ2 norm) or flatten (nuclear norm) → Linear (§6)",
+    ),
+    "linear_circular": ArchitectureEntry(
+        ".linear:build_linear_circular",
+        ("none",),
+        (),
+        "full-size circular Conv (no ReLU) → flatten → Linear: spectral ℓ1 (§6); "
+        "ignores kernel_size",
+    ),
+    "circular": ArchitectureEntry(
+        ".circular:build",
+        ("none",),
+        ("depth", "inner_norm", "polish_epochs", "polish_lr", "polish_seed"),
+        "L − 2 full-size circular Convs → Linear → ReLU → Linear: spectral ℓ1 (§7); "
+        "inner_norm='schatten' exact, 'l2' a lower bound; ignores kernel_size",
+    ),
 }
 
 
