@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
+from .certificate import certify_solution
 from .data import as_float_tensor, one_hot, validate_targets
+from .growth import grow_patterns as grow_pattern_set
 from .losses import Loss, get_loss
 from .patches import PatchSpec, ResolvedSpec, as_signal_batch, extract_patches
 from .patterns import PatternSet
@@ -36,7 +38,8 @@ class FitResult:
         patterns: the :class:`PatternSet` used.
         solve_time: seconds spent in the solver.
         status: the solver's status ("optimal" when its stopping rule was met).
-        certificate: optimality certificate (lower bound, gap, scope), when computed.
+        certificate: :class:`~convexcnn.certificate.Certificate` (lower bound, gap, scope).
+        growth_history: per-round records of ``grow_patterns=True`` (else None).
     """
 
     objective: float
@@ -57,6 +60,7 @@ class FitResult:
     pooling: str
     certificate: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    growth_history: list[dict[str, Any]] | None = None
 
     def _batch(self, X: object) -> torch.Tensor:
         dtype = next(self.network.parameters()).dtype
@@ -153,6 +157,11 @@ def fit(
     solver_options: dict[str, Any] | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    certificate_starts: int = 64,
+    grow_patterns: bool = False,
+    growth_rounds: int = 10,
+    growth_starts: int = 64,
+    growth_per_round: int = 10,
     **architecture_options: Any,
 ) -> FitResult:
     """Train a CNN to global optimality over its patterns by solving its convex program.
@@ -168,13 +177,19 @@ def fit(
         beta: weight decay β > 0; objective ℓ(f(X); Y) + (β/2)Σ_j(‖u_j‖² + ‖w_j‖²).
         loss: "squared", "logistic", "cross_entropy", "squared_hinge", "huber" or a Loss.
         task: "auto" (from the loss), "regression", "binary" (checks ±1) or "multiclass".
-        patterns: None (sample 100 filters), an int (generator filters to sample) or a
-            PatternSet built on the same X and spec.
+        patterns: None (sample 100 filters), an int (generator filters to sample), a
+            PatternSet built on the same X and spec, or "enumerate" (every pattern, exact
+            enumeration for small rank: the certificate is then a proof).
         pattern_kind: "gaussian" or "patches" generator filters when sampling.
         solver: "exact" (CVXPY + Clarabel) or another registered solver name.
         solver_options: keyword options of the solver object.
         seed: seeds pattern sampling.
         dtype: torch.float64 (default) or torch.float32.
+        certificate_starts: starts of the violating-filter search behind ``certificate``
+            (0: check the current patterns only). See :mod:`convexcnn.certificate`.
+        grow_patterns: column generation (:mod:`convexcnn.growth`): solve, search violating
+            filters, add their patterns, repeat ≤ ``growth_rounds`` times, ``growth_starts``
+            search starts and ≤ ``growth_per_round`` new patterns per round.
         architecture_options: options of the architecture (e.g. ``gated=True``).
 
     Returns:
@@ -213,9 +228,48 @@ def fit(
         seed=seed,
         dtype=dtype,
     )
+    if (
+        isinstance(certificate_starts, bool)
+        or not isinstance(certificate_starts, int)
+        or certificate_starts < 0
+    ):
+        raise ValueError(f"certificate_starts must be an integer ≥ 0; got {certificate_starts!r}")
+    if isinstance(patterns, str):
+        if (
+            patterns != "enumerate"
+            or pooling not in ("sum", "avg")
+            or architecture_options.get("pool_size") is not None
+        ):
+            raise ValueError(
+                "patterns may be the string 'enumerate' only (sum/avg pooling, no pooling "
+                f"windows); got patterns={patterns!r} with pooling={pooling!r}"
+            )
+        context.patterns = PatternSet.enumerate_patches(context.patches)
     problem = build_problem(architecture, context, architecture_options)
-    solution = solver_obj.solve(problem)
-    recovered = problem.recover(solution.W)
+    growth_history = None
+    if grow_patterns:
+        grown = grow_pattern_set(
+            problem,
+            solver_obj,
+            rounds=growth_rounds,
+            starts=growth_starts,
+            per_round=growth_per_round,
+            seed=seed,
+        )
+        problem, solution, recovered = grown.problem, grown.solution, grown.recovered
+        certificate = grown.certificate
+        growth_history = [r.as_dict() for r in grown.history]
+    else:
+        solution = solver_obj.solve(problem)
+        recovered = problem.recover(solution.W)
+        certificate = certify_solution(
+            problem,
+            solution.W,
+            upper_bound=recovered.objective,
+            multipliers=solution.multipliers,
+            starts=certificate_starts,
+            seed=seed,
+        )
     return FitResult(
         objective=solution.objective,
         network=recovered.module,
@@ -234,4 +288,6 @@ def fit(
         architecture=architecture,
         pooling=pooling,
         info=dict(recovered.info),
+        certificate=certificate,
+        growth_history=growth_history,
     )

@@ -36,6 +36,8 @@ class PatternSet:
         filters: (P, h) generator filters, ``filters[i]`` realizes ``masks[i]``.
         n_drawn: filters tried to obtain this set (before deduplication).
         source: how the set was built ("gaussian", "patches", "filters", "enumerated", ...).
+        complete: True when the set holds every pattern of the data (:meth:`enumerate`); a
+            certificate over a complete set is a proof of global optimality (SPEC §2.4).
     """
 
     masks: torch.Tensor
@@ -43,6 +45,7 @@ class PatternSet:
     n_drawn: int
     source: str = "filters"
     history: list[str] = field(default_factory=list)
+    complete: bool = False
 
     def __post_init__(self) -> None:
         if self.masks.dtype != torch.bool or self.masks.ndim != 3:
@@ -153,6 +156,7 @@ class PatternSet:
             n_drawn=self.n_drawn + other.n_drawn,
             source=self.source if not extra else f"{self.source}+{other.source}",
             history=[*self.history, f"merged {len(extra)} new of {len(other)}"],
+            complete=self.complete or other.complete,
         )
 
     def subset(self, index: Iterable[int] | torch.Tensor) -> PatternSet:
@@ -165,6 +169,36 @@ class PatternSet:
             n_drawn=self.n_drawn,
             source=self.source,
             history=list(self.history),
+        )
+
+    @classmethod
+    def enumerate(
+        cls, X: object, spec: PatchSpec, *, max_patterns: int = 100_000, seed: int = 0
+    ) -> PatternSet:
+        """Every distinct non-zero joint pattern of data X (any layout :func:`fit` accepts),
+        by exact enumeration of the cells of the arrangement of the nK patch rows in R^h
+        (polynomial for fixed rank; :mod:`convexcnn.pattern_enumeration`). Refuses with
+        ValueError when the arrangement can have more than ``max_patterns`` cells."""
+        return cls.enumerate_patches(patches_of(X, spec), max_patterns=max_patterns, seed=seed)
+
+    @classmethod
+    def enumerate_patches(
+        cls, patches: torch.Tensor, *, max_patterns: int = 100_000, seed: int = 0
+    ) -> PatternSet:
+        """:meth:`enumerate` on patches (n, K, h) from :func:`convexcnn.patches.patches_of`."""
+        from .pattern_enumeration import enumerate_patch_patterns
+
+        masks, filters, dropped = enumerate_patch_patterns(
+            patches, max_patterns=max_patterns, seed=seed
+        )
+        note = [f"enumerated; {dropped} numerically degenerate cells dropped"] if dropped else []
+        return cls(
+            masks=masks,
+            filters=filters,
+            n_drawn=len(masks) + dropped,
+            source="enumerated",
+            history=note,
+            complete=dropped == 0,
         )
 
 

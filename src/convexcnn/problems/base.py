@@ -108,6 +108,49 @@ class ConvexProblem(ABC):
     def recover(self, W: torch.Tensor) -> RecoveredNetwork:
         """The equivalent non-convex torch network of a solution W."""
 
+    # ----- certificate and pattern-growth hooks (convexcnn.certificate / growth) ----------
+    # Blocks: the leading axes of W such that W[b] is one group of the regularizer and
+    # 𝒢(W)[b] depends on W[b] only. Programs that do not implement a hook raise
+    # NotImplementedError; the certificate then falls back to what the protocol gives.
+    def block_dual_norms(self, G: torch.Tensor) -> torch.Tensor:
+        """Per-block ρ°(G[b]) (shape = the block axes); ``dual_norm(G)`` is their max."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its blocks")
+
+    def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
+        """G_b with vec(𝒢(W)[b]) = G_b · vec(W[b]) for block ``index``, shape (rows, size).
+
+        Only for programs whose per-block ρ° is the Euclidean norm (group ℓ2): the certificate
+        then computes min_{λ≥0} ‖z_b + G_bᵀλ‖ exactly by NNLS."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its blocks")
+
+    @property
+    def patterns_complete(self) -> bool:
+        """True when the program holds every activation pattern of the data (exact
+        enumeration): then dual feasibility over its blocks is feasibility over all filters."""
+        return False
+
+    def search_violations(
+        self, V: torch.Tensor, *, starts: int = 64, steps: int = 100, seed: int = 0
+    ) -> Any:
+        """Search filters beyond the current patterns for max |vᵀ g(X; u)| (dual feasibility
+        over *all* filters); returns a :class:`convexcnn.certificate.FilterSearch`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no violating-filter search; certificates for it "
+            "cover the current patterns only"
+        )
+
+    def with_patterns(self, patterns: Any) -> ConvexProblem:
+        """The same program on another pattern set (same data, loss, β)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pattern growth")
+
+    def grown(self, filters: torch.Tensor) -> ConvexProblem:
+        """The program with the patterns of ``filters`` (m, h) added (column generation)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pattern growth")
+
+    def embed_solution(self, W: torch.Tensor, source: ConvexProblem) -> torch.Tensor:
+        """A solution W of ``source`` (whose patterns are a prefix of ours) as our variable."""
+        raise NotImplementedError(f"{type(self).__name__} does not support pattern growth")
+
     # ----- exact-solver hooks ----------------------------------------------------------
     @abstractmethod
     def cvxpy_size(self) -> dict[str, int]:

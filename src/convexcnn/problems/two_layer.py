@@ -195,6 +195,70 @@ class TwoLayerReLU(ConvexProblem):
             constraints.append(G @ w >= 0)
         return prediction, reg, constraints
 
+    # ----- certificate and pattern-growth hooks (convexcnn.certificate / growth) ----------
+    def block_dual_norms(self, G: torch.Tensor) -> torch.Tensor:
+        """‖G[j, s, i]‖₂ per block, shape (c, 2, P)."""
+        return G.norm(dim=-1)
+
+    def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
+        """G_i = (2 diag(d_i) − I) M for block (j, s, i), shape (nK, h)."""
+        if self.gated:
+            raise NotImplementedError("the gated program has no constraints")
+        i = index[2]
+        signs = self.masks[i].reshape(-1).to(self.patches.dtype) * 2 - 1
+        return signs[:, None] * self.patches.reshape(self.n * self.K, self.h)
+
+    @property
+    def patterns_complete(self) -> bool:
+        return bool(getattr(self.patterns, "complete", False))
+
+    def search_violations(
+        self, V: torch.Tensor, *, starts: int = 64, steps: int = 100, seed: int = 0
+    ) -> Any:
+        """max_{‖u‖≤1} |V[:, j]ᵀ Σ_k (X_k u)_+| per output j by projected ascent from ``starts``
+        filters (current generators, data patches, Gaussian): :func:`~convexcnn.certificate.
+        search_filters`."""
+        from ..certificate import search_filters
+
+        return search_filters(
+            self.patches,
+            V,
+            starts=starts,
+            steps=steps,
+            seed=seed,
+            init_filters=self.patterns.filters,
+        )
+
+    def with_patterns(self, patterns: PatternSet) -> TwoLayerReLU:
+        return TwoLayerReLU(
+            self.raw_patches,
+            patterns,
+            self.targets,
+            self.beta,
+            self.loss,
+            pooling=self.pooling,
+            spec=self.spec,
+            in_channels=self.in_channels,
+            inputs=self.inputs,
+            gated=self.gated,
+        )
+
+    def grown(self, filters: torch.Tensor) -> TwoLayerReLU:
+        """This program plus the (new, non-zero) patterns of ``filters`` (m, h)."""
+        new = PatternSet.from_patch_filters(self.raw_patches, filters, source="grown")
+        return self.with_patterns(self.patterns.merged(new))
+
+    def embed_solution(self, W: torch.Tensor, source: ConvexProblem) -> torch.Tensor:
+        """Zero-pad a solution of ``source`` whose P₀ patterns are our first P₀ ones."""
+        P0 = W.shape[2]
+        if W.shape[:2] != (self.c, 2) or P0 > self.P or W.shape[3] != self.h:
+            raise ValueError(f"cannot embed W of shape {tuple(W.shape)} into {self.variable_shape}")
+        if not torch.equal(getattr(source, "masks", self.masks[:P0]), self.masks[:P0]):
+            raise ValueError("the source program's patterns are not a prefix of this program's")
+        out = torch.zeros(self.variable_shape, dtype=W.dtype, device=W.device)
+        out[:, :, :P0] = W
+        return out
+
 
 def network_objective(
     net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: Loss, beta: float
