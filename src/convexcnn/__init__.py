@@ -1,7 +1,8 @@
 """convexcnn: train CNNs to global optimality through their exact convex programs.
 
 Public API: :func:`fit`, :class:`FitResult`, :class:`PatchSpec`, :class:`PatternSet`,
-:func:`sample_patterns`, :func:`certify`, :class:`Certificate`.
+:func:`sample_patterns`, :func:`certify`, :class:`Certificate`,
+:func:`implicit_regularizer`.
 """
 
 from .certificate import Certificate, certify
