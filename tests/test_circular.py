@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
@@ -427,3 +428,17 @@ def test_deep_multichannel_and_mismatched_patterns_are_refused() -> None:
     )
     with pytest.raises(ValueError, match="patterns must be built on X"):
         fit(X, y, architecture="circular", pooling="none", patterns=wrong)
+
+
+def test_networks_round_trip_through_save_and_load(tmp_path: Path) -> None:
+    from convexcnn.io import load_network, save_network
+
+    X, y = instance(6, 6, 3)
+    for options in ({"depth": 3}, {"depth": 4}):
+        result = fit(X, y, architecture="circular", pooling="none", patterns=8, **options)
+        save_network(tmp_path / str(options["depth"]), result.network, {})
+        loaded, _ = load_network(tmp_path / str(options["depth"]))
+        assert isinstance(loaded, CircularCNN)
+        Xt = torch.as_tensor(X)[:, None, :]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.to(torch.float64)(Xt), result.network(Xt))

@@ -226,6 +226,8 @@ def test_fit_on_digits_flatten_and_sum() -> None:
 def test_patterns_are_refused_for_linear_models() -> None:
     X, y = instance(6, 6, 0)
     with pytest.raises(ValueError, match="no activation patterns"):
-        fit(X, y, architecture="linear", pooling="sum", patterns=10)
+        fit(X, y, architecture="linear", pooling="sum", patterns="enumerate")
+    # a sampling count (the CLI's default) is ignored: nothing to sample
+    assert fit(X, y, architecture="linear", pooling="sum", patterns=10).n_filters == 1
     with pytest.raises(ValueError, match="pooling must be one of"):
         fit(X, y, architecture="linear", pooling="max")

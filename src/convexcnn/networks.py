@@ -478,6 +478,37 @@ class LinearCNN(nn.Module):
         self.linear = nn.Linear(features, n_outputs, bias=False)
         self.pooling = pooling
         self.n_outputs = n_outputs
+        self.spec = spec
+        self.n_positions = n_positions
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, JSON-able (for :func:`convexcnn.io.save_network`)."""
+        return {
+            "in_channels": int(self.conv.in_channels),
+            "width": int(self.conv.out_channels),
+            "spec": {
+                "kernel": list(self.spec.kernel),
+                "stride": list(self.spec.stride),
+                "padding": list(self.spec.padding),
+                "dilation": list(self.spec.dilation),
+            },
+            "pooling": self.pooling,
+            "n_positions": self.n_positions,
+            "n_outputs": self.n_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinearCNN:
+        """Inverse of :meth:`config` (weights uninitialized until loaded)."""
+        spec = ResolvedSpec(**{k: tuple(v) for k, v in config["spec"].items()})
+        return cls(
+            config["in_channels"],
+            config["width"],
+            spec,
+            pooling=config["pooling"],
+            n_positions=config["n_positions"],
+            n_outputs=config["n_outputs"],
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.conv(x).flatten(2)  # (n, m, K)
@@ -552,6 +583,26 @@ class LinearCircularCNN(nn.Module):
         self.conv = CircularConv(in_channels, width, spatial)
         self.linear = nn.Linear(width * d, n_outputs, bias=False)
         self.n_outputs = n_outputs
+        self.in_channels, self.spatial, self.width = in_channels, tuple(spatial), width
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, JSON-able (for :func:`convexcnn.io.save_network`)."""
+        return {
+            "in_channels": self.in_channels,
+            "spatial": list(self.spatial),
+            "width": self.width,
+            "n_outputs": self.n_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LinearCircularCNN:
+        """Inverse of :meth:`config`."""
+        return cls(
+            config["in_channels"],
+            tuple(config["spatial"]),
+            config["width"],
+            n_outputs=config["n_outputs"],
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(self.conv(x).flatten(1))
@@ -598,8 +649,32 @@ class CircularCNN(nn.Module):
         d = math.prod(self.spatial)
         self.w1 = nn.Parameter(torch.randn(width, d) / math.sqrt(d))
         self.linear = nn.Linear(width, n_outputs, bias=False)
+        self.in_channels, self.width = in_channels, width
         with torch.no_grad():
             self.project_filters()
+
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, JSON-able (for :func:`convexcnn.io.save_network`)."""
+        return {
+            "in_channels": self.in_channels,
+            "spatial": list(self.spatial),
+            "width": self.width,
+            "depth": self.depth,
+            "inner_norm": self.inner_norm,
+            "n_outputs": self.n_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> CircularCNN:
+        """Inverse of :meth:`config`."""
+        return cls(
+            config["in_channels"],
+            tuple(config["spatial"]),
+            config["width"],
+            depth=config["depth"],
+            inner_norm=config["inner_norm"],
+            n_outputs=config["n_outputs"],
+        )
 
     @property
     def p(self) -> float:

@@ -325,11 +325,15 @@ class LinearCircular(_LinearBase):
 
 
 def _refuse_patterns(context: FitContext, architecture: str) -> None:
-    if context.patterns is not None:
-        raise ValueError(
-            f"architecture={architecture!r} is linear (no ReLU) and has no activation patterns; "
-            "leave patterns=None"
-        )
+    """Linear models have no patterns: None or a sampling count (e.g. the CLI default) is
+    ignored; an explicit pattern set is a mistake."""
+    patterns = context.patterns
+    if patterns is None or (isinstance(patterns, int) and not isinstance(patterns, bool)):
+        return
+    raise ValueError(
+        f"architecture={architecture!r} is linear (no ReLU) and has no activation patterns; "
+        "leave patterns=None"
+    )
 
 
 def build_linear(context: FitContext, options: dict[str, Any]) -> LinearSum | LinearFlatten:
