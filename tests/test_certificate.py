@@ -143,6 +143,20 @@ def test_solver_multipliers_sign_convention_and_gap(tiny_1d: tuple[np.ndarray, n
     assert cert.lower_bound <= res.objective + 1e-9
 
 
+def test_sparse_multipliers_match_dense(tiny_1d: tuple[np.ndarray, np.ndarray]) -> None:
+    """Hybrid sparse COO multipliers (sparse over blocks, as the AL solver returns them)."""
+    X, y = tiny_1d
+    res = fit(X, y, kernel_size=2, beta=0.1, patterns=30, certificate_starts=0)
+    pr, sol = res.problem, res.solution
+    assert sol.multipliers is not None
+    V = pr.loss.dual_point(pr.predict(sol.W), pr.targets)
+    dense = restricted_dual_ratio(pr, V, sol.multipliers, polish=0)
+    sparse = restricted_dual_ratio(pr, V, sol.multipliers.to_sparse(3), polish=0)
+    assert sparse.method == dense.method == "solver multipliers"
+    assert dense.block_ratios is not None and sparse.block_ratios is not None
+    assert torch.allclose(dense.block_ratios, sparse.block_ratios, rtol=1e-12, atol=1e-12)
+
+
 def test_projected_gradient_multipliers_without_solver_duals(
     tiny_1d: tuple[np.ndarray, np.ndarray],
 ) -> None:

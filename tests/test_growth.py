@@ -127,3 +127,15 @@ def test_growth_rejects_bad_arguments() -> None:
     for kwargs in ({"rounds": -1}, {"per_round": 0}, {"starts": 0}, {"tol": -1.0}):
         with pytest.raises(ValueError, match="growth"):
             grow_patterns(problem, ExactSolver(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_growth_refuses_programs_without_a_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, y, _, beta = _instance(0)
+    problem = fit(X, y, beta=beta, kernel_size=2, patterns=5, certificate_starts=0).problem
+
+    def no_search(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("no search here")
+
+    monkeypatch.setattr(problem, "search_violations", no_search)
+    with pytest.raises(ValueError, match="violating-filter search"):
+        grow_patterns(problem, ExactSolver(), rounds=2)

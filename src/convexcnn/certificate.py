@@ -247,16 +247,51 @@ def _projected_gradient_multipliers(
 
 
 def _nnls_block_norm(problem: ConvexProblem, Z: torch.Tensor, index: tuple[int, ...]) -> float:
-    """min_{λ≥0} ‖z_b + G_bᵀλ‖ exactly (scipy NNLS), evaluated at the returned λ."""
+    """ρ°_b(z_b + G_bᵀλ) at λ = argmin_{λ≥0} ‖z_b + G_bᵀλ‖₂ (scipy NNLS): the exact
+    min_{λ≥0} ρ°_b(z_b + G_bᵀλ) when ρ°_b is Euclidean (group ℓ2), else a valid upper bound.
+    The value is the problem's own block dual norm of the residual."""
     from scipy.optimize import nnls
 
     G = problem.block_constraint_matrix(index).detach().cpu().double().numpy()  # (rows, size)
     z = Z[index].reshape(-1).detach().cpu().double().numpy()
     if G.shape[0] == 0:
-        return float(np.linalg.norm(z))
-    lam, _ = nnls(G.T, -z, maxiter=50 * G.shape[1] + 100)
-    lam = np.maximum(lam, 0.0)
-    return float(np.linalg.norm(z + G.T @ lam))
+        residual = z
+    else:
+        lam, _ = nnls(G.T, -z, maxiter=50 * G.shape[1] + 100)
+        residual = z + G.T @ np.maximum(lam, 0.0)
+    one_block = torch.zeros_like(Z)
+    one_block[index] = torch.as_tensor(residual, dtype=Z.dtype).reshape(Z[index].shape)
+    return float(problem.block_dual_norms(one_block)[index])
+
+
+def _residual_from_multipliers(
+    problem: ConvexProblem, Z: torch.Tensor, multipliers: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Z + 𝒢ᵀλ for the solver's λ (clamped to ≥ 0); None when absent or of the wrong shape.
+
+    Sparse (hybrid COO, sparse over the block axes) multipliers are applied block by block
+    through ``block_constraint_matrix``; blocks without an entry have λ_b = 0."""
+    if multipliers is None:
+        return None
+    if not multipliers.is_sparse:
+        try:
+            return Z + problem.constraint_adjoint(multipliers.to(Z).clamp_min(0))
+        except (RuntimeError, ValueError):
+            return None
+    lam = multipliers.coalesce()
+    n_block_axes = lam.sparse_dim()
+    if tuple(lam.shape[:n_block_axes]) != tuple(Z.shape[:n_block_axes]):
+        return None
+    R = Z.clone()
+    try:
+        for k, values in zip(lam.indices().T.tolist(), lam.values(), strict=True):
+            index = tuple(int(i) for i in k)
+            G = problem.block_constraint_matrix(index).to(Z)
+            step = G.T @ values.reshape(-1).to(Z).clamp_min(0)
+            R[index] = R[index] + step.reshape(R[index].shape)
+    except NotImplementedError:
+        return Z + problem.constraint_adjoint(lam.to_dense().to(Z).clamp_min(0))
+    return R
 
 
 def restricted_dual_ratio(
@@ -279,15 +314,15 @@ def restricted_dual_ratio(
     if not problem.has_constraints:
         norms = _block_norms(problem, Z)
         return DualFeasibility(float(norms.max()) / beta, "unconstrained", 0, norms / beta)
-    shape = problem.constraint(problem.zeros().to(Z))
-    assert shape is not None
-    method = "projected gradient"
-    if multipliers is not None and tuple(multipliers.shape) == tuple(shape.shape):
-        lam = multipliers.to(Z).clamp_min(0)
-        method = "solver multipliers"
-    else:
-        lam = _projected_gradient_multipliers(problem, Z, torch.zeros_like(shape), iters)
-    norms = _block_norms(problem, Z + problem.constraint_adjoint(lam)).clone()
+    residual = _residual_from_multipliers(problem, Z, multipliers)
+    method = "solver multipliers"
+    if residual is None:
+        method = "projected gradient"
+        zeros = problem.constraint(problem.zeros().to(Z))
+        assert zeros is not None
+        lam = _projected_gradient_multipliers(problem, Z, torch.zeros_like(zeros), iters)
+        residual = Z + problem.constraint_adjoint(lam)
+    norms = _block_norms(problem, residual).clone()
     polished = 0
     if polish > 0 and norms.numel() > 1:
         try:

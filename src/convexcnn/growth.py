@@ -118,6 +118,11 @@ def grow_patterns(
             steps=steps,
             seed=seed + r,
         )
+        if cert.search is None and not problem.patterns_complete:
+            raise ValueError(
+                f"pattern growth needs a violating-filter search, which {type(problem).__name__} "
+                "does not implement; use grow_patterns=False"
+            )
         violating = (
             cert.search.violating(problem.beta, tol)
             if cert.search is not None

@@ -119,8 +119,8 @@ class ConvexProblem(ABC):
     def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
         """G_b with vec(𝒢(W)[b]) = G_b · vec(W[b]) for block ``index``, shape (rows, size).
 
-        Only for programs whose per-block ρ° is the Euclidean norm (group ℓ2): the certificate
-        then computes min_{λ≥0} ‖z_b + G_bᵀλ‖ exactly by NNLS."""
+        The certificate minimizes ‖z_b + G_bᵀλ‖₂ over λ ≥ 0 by NNLS and evaluates the block's
+        ρ° there: exact when ρ°_b is Euclidean (group ℓ2), a valid upper bound otherwise."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its blocks")
 
     @property
