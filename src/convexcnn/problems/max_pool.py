@@ -101,9 +101,12 @@ class MaxPoolReLU(ConvexProblem):
         self._active = (winners >= 0).to(dtype)  # α: weight of the winner term
         self._winner_index = winners.clamp_min(0)
         is_winner = self.windows[None, None] == winners[..., None]  # (P, n, Ω, S)
-        # γ: −1 on every member except the winner of an active window
-        self._member_coef = -(~(is_winner & (winners[..., None] >= 0))).to(dtype)
+        self._winner_slot = is_winner.to(torch.uint8).argmax(dim=-1, keepdim=True)  # (P,n,Ω,1)
+        self._active_col = self._active.unsqueeze(-1)
         self._B: torch.Tensor | None = None
+        self._stacked = patches.reshape(n * K, h)  # M (nK, h)
+        self._stacked_t = self._stacked.T.contiguous()
+        self._global = self.windows.shape[0] == 1 and torch.equal(self.windows[0], torch.arange(K))
 
     # ----- operators ------------------------------------------------------------------
     @property
@@ -138,20 +141,33 @@ class MaxPoolReLU(ConvexProblem):
     def patterns_complete(self) -> bool:
         return bool(self.patterns.complete)
 
+    def patch_values(self, W: torch.Tensor) -> torch.Tensor:
+        """X_k w for every block and (sample, patch): one GEMM, (c, 2, P, n, K)."""
+        V = W.reshape(-1, self.h) @ self._stacked_t
+        return V.reshape(*W.shape[:3], self.n, self.K)
+
     def constraint(self, W: torch.Tensor) -> torch.Tensor:
-        V = torch.einsum("tkh,jsph->jsptk", self.patches, W)  # (c, 2, P, n, K)
-        lead = V.shape[:3]
-        win = torch.gather(V, 4, self._winner_index.expand(*lead, -1, -1))  # (c,2,P,n,Ω)
-        members = V[..., self.windows]  # (c, 2, P, n, Ω, S)
-        return (self._active * win)[..., None] + self._member_coef * members
+        """Rows α·X_a w − X_k w, and X_a w at the winner's own slot (α = 1[active])."""
+        V = self.patch_values(W)  # (c, 2, P, n, K)
+        members = V.unsqueeze(4) if self._global else V[..., self.windows]  # (c,2,P,n,Ω,S)
+        slot = self._winner_slot.expand(*V.shape[:3], -1, -1, -1)  # (c, 2, P, n, Ω, 1)
+        winner = self._active_col * torch.gather(members, 5, slot)
+        out = winner - members
+        return out.scatter_add_(5, slot, winner)
 
     def constraint_adjoint(self, L: torch.Tensor) -> torch.Tensor:
         lead = L.shape[:3]
-        coef = torch.zeros((*lead, self.n, self.K), dtype=L.dtype)
-        coef.scatter_add_(4, self._winner_index.expand(*lead, -1, -1), self._active * L.sum(-1))
-        member_index = self.windows.reshape(-1).expand(*lead, self.n, -1)
-        coef.scatter_add_(4, member_index, (self._member_coef * L).flatten(-2))
-        return torch.einsum("jsptk,tkh->jsph", coef, self.patches)
+        slot = self._winner_slot.expand(*lead, -1, -1, -1)
+        winner = self._active_col * (L.sum(-1, keepdim=True) + torch.gather(L, 5, slot))
+        per_member = L.neg().scatter_add_(5, slot, winner)  # (c, 2, P, n, Ω, S)
+        if self._global:
+            coef = per_member.reshape(*lead, self.n, self.K)
+        else:
+            coef = torch.zeros((*lead, self.n, self.K), dtype=L.dtype)
+            member_index = self.windows.reshape(-1).expand(*lead, self.n, -1)
+            coef.scatter_add_(4, member_index, per_member.flatten(-2))
+        out = coef.reshape(-1, self.n * self.K) @ self._stacked
+        return out.reshape(*lead, self.h)
 
     # ----- regularizer ----------------------------------------------------------------
     def regularizer(self, W: torch.Tensor) -> torch.Tensor:
@@ -196,11 +212,10 @@ class MaxPoolReLU(ConvexProblem):
         """G_i as dense rows (P, n·Ω·S, h), in the row order of :meth:`constraint`."""
         X = self.patches.detach().cpu().numpy()
         t = np.arange(self.n)[None, :, None]
-        Xa = X[t, self._winner_index.numpy()]  # (P, n, Ω, h)
-        Xm = X[:, self.windows.numpy()]  # (n, Ω, S, h)
-        G = (self._active.numpy()[..., None, None] * Xa[:, :, :, None, :]) + (
-            self._member_coef.numpy()[..., None] * Xm[None]
-        )
+        winner = self._active.numpy()[..., None] * X[t, self._winner_index.numpy()]  # (P,n,Ω,h)
+        G = winner[:, :, :, None, :] - X[:, self.windows.numpy()][None]  # (P, n, Ω, S, h)
+        P_i, t_i, o_i = np.indices(winner.shape[:3])
+        G[P_i, t_i, o_i, self._winner_slot[..., 0].numpy()] += winner
         return G.reshape(self.P, -1, self.h)
 
     def cvxpy_program(self, w: Any) -> tuple[Any, Any, list[Any]]:
