@@ -260,3 +260,23 @@ def test_pool_option_validation() -> None:
         convexcnn.fit(X, y, kernel_size=2, pooling="sum", pool_stride=2)
     with pytest.raises(ValueError, match="pool_stride needs pool_size"):
         convexcnn.fit(X, y, kernel_size=2, pooling="max", pool_stride=2)
+
+
+def test_windowed_program_keeps_its_windows_under_with_patterns() -> None:
+    X, y = tiny_1d()
+    result = convexcnn.fit(
+        X,
+        y,
+        kernel_size=2,
+        beta=0.1,
+        pooling="avg",
+        pool_size=SIZE,
+        pool_stride=STRIDE,
+        patterns=300,
+    )
+    problem = result.problem
+    again = problem.with_patterns(problem.patterns)
+    assert isinstance(again, WindowedSumReLU)
+    assert torch.allclose(again.patches, problem.patches)
+    recovered = again.recover(result.solution.W)
+    assert recovered.objective == pytest.approx(result.network_objective, rel=1e-12)

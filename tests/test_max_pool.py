@@ -306,3 +306,19 @@ def test_pooled_network_config_round_trip() -> None:
     clone.load_state_dict(net.state_dict())
     assert clone.pool_size == (2, 2) and clone.pool_stride == (1, 2) and clone.pooling == "max"
     assert torch.equal(clone(batch), net(batch))
+
+
+def test_block_hooks_and_pattern_growth() -> None:
+    problem = tiny_problem(3, c=1)
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(problem.variable_shape, generator=gen, dtype=torch.float64)
+    g = problem.constraint(W)
+    G = problem.block_constraint_matrix((0, 1, 4))
+    assert torch.allclose(G @ W[0, 1, 4], g[0, 1, 4].reshape(-1), atol=1e-12)
+    assert torch.equal(problem.block_dual_norms(W), W.norm(dim=-1))
+    smaller = problem.with_patterns(problem.patterns.subset(range(10)))
+    grown = smaller.grown(problem.patterns.filters[10:])
+    assert grown.P == problem.P and torch.equal(grown.patterns.winners, problem.patterns.winners)
+    small_W = W[:, :, :10]
+    embedded = grown.embed_solution(small_W, smaller)
+    assert torch.allclose(grown.predict(embedded), smaller.predict(small_W))

@@ -174,6 +174,26 @@ class WindowedSumReLU(TwoLayerReLU):
         self.pool_stride = pool_stride
         self.windows = windows
         self.patch_weights = weights
+        self.unweighted_patches = patches
+        self.grid = grid
+
+    def with_patterns(self, patterns: PatternSet) -> WindowedSumReLU:
+        """The same windowed program on another pattern set."""
+        return WindowedSumReLU(
+            self.unweighted_patches,
+            patterns,
+            self.targets,
+            self.beta,
+            self.loss,
+            window_pooling=self.window_pooling,
+            pool_size=self.pool_size,
+            pool_stride=self.pool_stride,
+            grid=self.grid,
+            spec=self.spec,
+            in_channels=self.in_channels,
+            inputs=self.inputs,
+            gated=self.gated,
+        )
 
     def recover(self, W: torch.Tensor) -> RecoveredNetwork:
         """Blocks → branches (SPEC §2.3) of Conv → ReLU → local avg/sum windows → Σ → Linear."""

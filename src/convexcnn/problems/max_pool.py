@@ -169,6 +169,47 @@ class MaxPoolReLU(ConvexProblem):
         out = coef.reshape(-1, self.n * self.K) @ self._stacked
         return out.reshape(*lead, self.h)
 
+    # ----- blocks and pattern growth (certificate / growth hooks) -------------------------
+    def block_dual_norms(self, G: torch.Tensor) -> torch.Tensor:
+        """‖G[j, s, i]‖₂ per block, shape (c, 2, P)."""
+        return G.norm(dim=-1)
+
+    def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
+        """G_i of block (j, s, i), shape (n·Ω·S, h), rows in :meth:`constraint` order."""
+        return torch.as_tensor(self.cone_matrices(index[2]), dtype=self.patches.dtype)[0]
+
+    def with_patterns(self, patterns: MaxPatternSet) -> MaxPoolReLU:
+        """The same program (data, loss, β, windows) on another pattern set."""
+        return MaxPoolReLU(
+            self.patches,
+            patterns,
+            self.targets,
+            self.beta,
+            self.loss,
+            spec=self.spec,
+            in_channels=self.in_channels,
+            inputs=self.inputs,
+            pool_size=self.pool_size,
+            pool_stride=self.pool_stride,
+        )
+
+    def grown(self, filters: torch.Tensor) -> MaxPoolReLU:
+        """This program plus the new non-trivial winner patterns of ``filters`` (m, h)."""
+        new = MaxPatternSet.from_patch_filters(self.patches, filters, self.windows, source="grown")
+        return self.with_patterns(self.patterns.merged(new))
+
+    def embed_solution(self, W: torch.Tensor, source: ConvexProblem) -> torch.Tensor:
+        """Zero-pad a solution of ``source`` whose P₀ patterns are our first P₀ ones."""
+        P0 = W.shape[2]
+        if W.shape[:2] != (self.c, 2) or P0 > self.P or W.shape[3] != self.h:
+            raise ValueError(f"cannot embed W of shape {tuple(W.shape)} into {self.variable_shape}")
+        theirs = getattr(getattr(source, "patterns", None), "winners", None)
+        if theirs is None or not torch.equal(theirs, self.patterns.winners[:P0]):
+            raise ValueError("the source program's patterns are not a prefix of this program's")
+        out = torch.zeros(self.variable_shape, dtype=W.dtype, device=W.device)
+        out[:, :, :P0] = W
+        return out
+
     # ----- regularizer ----------------------------------------------------------------
     def regularizer(self, W: torch.Tensor) -> torch.Tensor:
         return self.beta * W.norm(dim=-1).sum()
@@ -208,15 +249,18 @@ class MaxPoolReLU(ConvexProblem):
             "nonzeros": rows * self.h + blocks * self.n * self.h,
         }
 
-    def cone_matrices(self) -> np.ndarray:
-        """G_i as dense rows (P, n·Ω·S, h), in the row order of :meth:`constraint`."""
+    def cone_matrices(self, pattern: int | None = None) -> np.ndarray:
+        """G_i as dense rows (P, n·Ω·S, h) in the row order of :meth:`constraint` (only
+        pattern ``pattern`` when given: (1, n·Ω·S, h))."""
+        sel = slice(None) if pattern is None else slice(pattern, pattern + 1)
         X = self.patches.detach().cpu().numpy()
         t = np.arange(self.n)[None, :, None]
-        winner = self._active.numpy()[..., None] * X[t, self._winner_index.numpy()]  # (P,n,Ω,h)
+        active = self._active[sel].numpy()[..., None]
+        winner = active * X[t, self._winner_index[sel].numpy()]  # (P, n, Ω, h)
         G = winner[:, :, :, None, :] - X[:, self.windows.numpy()][None]  # (P, n, Ω, S, h)
         P_i, t_i, o_i = np.indices(winner.shape[:3])
-        G[P_i, t_i, o_i, self._winner_slot[..., 0].numpy()] += winner
-        return G.reshape(self.P, -1, self.h)
+        G[P_i, t_i, o_i, self._winner_slot[sel][..., 0].numpy()] += winner
+        return G.reshape(G.shape[0], -1, self.h)
 
     def cvxpy_program(self, w: Any) -> tuple[Any, Any, list[Any]]:
         import cvxpy as cp
