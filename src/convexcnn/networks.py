@@ -422,6 +422,37 @@ class ThreeLayerCNN(nn.Module):
                 scale = U.norm(dim=2, keepdim=True).clamp_min(1.0)
             self.conv.weight.copy_((U / scale).reshape(self.conv.weight.shape))
 
+    def config(self) -> dict[str, object]:
+        """Constructor arguments, JSON-able (for :func:`convexcnn.io.save_network`)."""
+        return {
+            "in_channels": int(self.conv.in_channels),
+            "width": self.width,
+            "branch_width": self.branch_width,
+            "spec": {
+                "kernel": list(self.spec.kernel),
+                "stride": list(self.spec.stride),
+                "padding": list(self.spec.padding),
+                "dilation": list(self.spec.dilation),
+            },
+            "pooling": self.pooling,
+            "regularization": self.regularization,
+            "n_outputs": self.n_outputs,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ThreeLayerCNN:
+        """Inverse of :meth:`config` (weights uninitialized until loaded)."""
+        spec = ResolvedSpec(**{k: tuple(v) for k, v in config["spec"].items()})
+        return cls(
+            config["in_channels"],
+            config["width"],
+            config["branch_width"],
+            spec,
+            pooling=config["pooling"],
+            regularization=config["regularization"],
+            n_outputs=config["n_outputs"],
+        )
+
     def set_weights(
         self,
         filters: torch.Tensor,

@@ -41,18 +41,52 @@ from .two_layer import group_soft_threshold, network_objective
 __all__ = [
     "DEFAULT_BRANCHES",
     "BranchSearch",
+    "ConeRows",
     "ThreeLayerReLU",
     "build",
+    "default_branches",
     "search_branches",
     "train_baseline",
 ]
 
-#: Random branches sampled when ``fit(..., architecture="three_layer", patterns=None)``.
+#: Random branches sampled when ``fit(..., architecture="three_layer", patterns=None)``, capped
+#: so that the exact program has at most DEFAULT_ROW_BUDGET cone rows (:func:`default_branches`).
 DEFAULT_BRANCHES = 2000
+DEFAULT_ROW_BUDGET = 300_000
+MIN_DEFAULT_BRANCHES = 10
 #: Blocks with ρ ≤ this fraction of the largest block are treated as zero by recovery.
 ZERO_BLOCK_RTOL = 1e-10
 #: Entries of one gathered (t, m1, n, h) slot-map chunk.
 _CHUNK_ENTRIES = 1 << 22
+
+
+def distinct_rows(M: np.ndarray, tol: float = 1e-12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of M (N, h) up to a signed positive scale, zero rows dropped.
+
+    Returns (unit rows (N', h) with a canonical sign, index of a representative row of M for
+    each, flip: True where that representative is the negative of the unit row)."""
+    h = M.shape[1]
+    norms = np.linalg.norm(M, axis=1)
+    nonzero = np.flatnonzero(norms > tol * max(float(norms.max(initial=0.0)), 1e-300))
+    unit = M[nonzero] / norms[nonzero, None]
+    big = np.abs(unit) > 0.5 / math.sqrt(h)
+    first = np.argmax(big, axis=1)
+    flip = unit[np.arange(len(unit)), first] < 0
+    canon = np.where(flip[:, None], -unit, unit)
+    keys = np.round(canon * 1e9).astype(np.int64)
+    _, rep = np.unique(keys, axis=0, return_index=True)
+    return canon[rep], nonzero[rep], flip[rep]
+
+
+def default_branches(patches: torch.Tensor, branch_width: int, n_outputs: int) -> int:
+    """Random branches to sample when ``patterns=None``: DEFAULT_BRANCHES, fewer when the
+    exact program would exceed DEFAULT_ROW_BUDGET cone rows (≈ (m1 + ½)·B tuples of
+    2·c·(m1·r + n) rows, r = cone rows per filter slot), at least MIN_DEFAULT_BRANCHES."""
+    n, K, h = patches.shape
+    r = 2 if h == 2 else len(distinct_rows(patches.reshape(n * K, h).double().numpy())[1])
+    per_branch = (branch_width + 0.5) * 2 * n_outputs * (branch_width * r + n)
+    budget = int(DEFAULT_ROW_BUDGET // per_branch)
+    return int(min(DEFAULT_BRANCHES, max(MIN_DEFAULT_BRANCHES, budget)))
 
 
 @dataclass
@@ -80,20 +114,11 @@ class ConeRows:
         P1 = masks.shape[0]
         Mn = M.detach().cpu().double().numpy()
         h = Mn.shape[1]
-        norms = np.linalg.norm(Mn, axis=1)
-        nonzero = np.flatnonzero(norms > tol * max(float(norms.max(initial=0.0)), 1e-300))
-        unit = Mn[nonzero] / norms[nonzero, None]
-        big = np.abs(unit) > 0.5 / math.sqrt(h)
-        first = np.argmax(big, axis=1)
-        flip = unit[np.arange(len(unit)), first] < 0
-        canon = np.where(flip[:, None], -unit, unit)
-        keys = np.round(canon * 1e9).astype(np.int64)
-        _, rep = np.unique(keys, axis=0, return_index=True)
-        bits = masks.reshape(P1, -1).numpy()[:, nonzero[rep]]  # (P1, N')
-        sign = (2.0 * bits - 1.0) * np.where(flip[rep], -1.0, 1.0)[None, :]
-        matrix = canon[rep]
+        matrix, rows, flip = distinct_rows(Mn, tol)
+        bits = masks.reshape(P1, -1).numpy()[:, rows]  # (P1, N')
+        sign = (2.0 * bits - 1.0) * np.where(flip, -1.0, 1.0)[None, :]
         dtype = M.dtype
-        if h == 2 and len(rep) >= 2:
+        if h == 2 and len(rows) >= 2:
             G = sign[:, :, None] * matrix[None]  # (P1, N', 2)
             mid = G.sum(axis=1)
             mid /= np.linalg.norm(mid, axis=1, keepdims=True).clip(1e-300)
@@ -787,7 +812,8 @@ def train_baseline(
 def build(context: FitContext, options: dict[str, Any]) -> ThreeLayerReLU:
     """Builder for ``fit(architecture="three_layer")``.
 
-    ``patterns``: None (sample DEFAULT_BRANCHES random branches), an int (branches to sample),
+    ``patterns``: None (sample :func:`default_branches` random branches: ≤ 2000, fewer for big
+    data so the exact program stays ≤ 300k cone rows), an int (branches to sample),
     "enumerate" (all tuples; h = 2, branch_width = 2 only; fit passes it on as an enumerated
     PatternSet) or a TupleSet. Options:
     ``branch_width`` (m1, default 2), ``regularization`` ("path" default, or "unit"),
@@ -801,7 +827,11 @@ def build(context: FitContext, options: dict[str, Any]) -> ThreeLayerReLU:
         raise ValueError(f"regularization must be one of {list(REGULARIZATIONS)}; got {reg!r}")
     patterns = context.patterns
     if patterns is None or (isinstance(patterns, int) and not isinstance(patterns, bool)):
-        count = DEFAULT_BRANCHES if patterns is None else patterns
+        count = (
+            default_branches(context.patches, m1, context.targets.shape[1])
+            if patterns is None
+            else patterns
+        )
         tuples = sample_tuples(
             context.patches,
             count,
