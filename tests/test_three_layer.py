@@ -134,6 +134,10 @@ def test_adjoints_prox_and_cvxpy_hooks(regularization: str, pooling: str) -> Non
     G = problem.constraint(W)
     L = torch.randn(G.shape, generator=gen, dtype=torch.float64)
     assert torch.allclose((G * L).sum(), (W * problem.constraint_adjoint(L)).sum())
+    # per-block constraint matrices (certificate hook) reproduce 𝒢(W) block by block
+    for index in [(0, 0, 0), (1, 1, problem.T - 1), (0, 1, problem.T // 2)]:
+        Gb = problem.block_constraint_matrix(index)
+        assert torch.allclose(Gb @ W[index].reshape(-1), G[index])
     # prox: optimality of argmin ½‖Z − W‖² + t·β·ρ(Z) checked against nearby points
     t = 0.7
     Z = problem.prox(W, t)

@@ -313,9 +313,9 @@ class ThreeLayerReLU(ConvexProblem):
         return self.block_dual_norms(G).max()
 
     def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
-        """G_b (m1·r + n, m1·h) of block (j, s, τ); only for "unit" (ρ° Euclidean)."""
-        if self.regularization != "unit":
-            raise NotImplementedError("path regularization: ρ° is not Euclidean (no NNLS polish)")
+        """G_b (m1·r + n, m1·h) of block (j, s, τ), rows as in :meth:`constraint` (the same for
+        every j, s). ρ° is Euclidean for "unit" (NNLS polish exact), max_l ‖·‖ for "path"
+        (the NNLS point then gives a valid upper bound)."""
         tau = int(index[2])
         m1, r, h = self.m1, self.cone.rows, self.h
         G = torch.zeros((self.rows_per_block, m1 * h), dtype=self.M.dtype)
