@@ -118,8 +118,8 @@ def branches_from_blocks(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
     keep = (norms > cutoff).nonzero(as_tuple=False)
     m = int(keep.shape[0])
-    filters = torch.zeros((m, W.shape[-1]), dtype=W.dtype)
-    out = torch.zeros((W.shape[0], m), dtype=W.dtype)
+    filters = torch.zeros((m, W.shape[-1]), dtype=W.dtype, device=W.device)
+    out = torch.zeros((W.shape[0], m), dtype=W.dtype, device=W.device)
     for b, (j, s, i) in enumerate(keep.tolist()):
         r = norms[j, s, i].sqrt()
         filters[b] = W[j, s, i] / r
@@ -206,7 +206,7 @@ class WindowedSumReLU(TwoLayerReLU):
             pool_size=self.pool_size,
             pool_stride=self.pool_stride,
             n_outputs=self.c,
-        ).to(W.dtype)
+        ).to(device=W.device, dtype=W.dtype)
         net.set_weights(filters, out)
         value = network_objective(net, self.inputs, self.targets, self.loss, self.beta)
         info: dict[str, Any] = {"pool_size": self.pool_size, "pool_stride": self.pool_stride}

@@ -83,7 +83,8 @@ class MaxPoolReLU(ConvexProblem):
             raise ValueError("patterns.windows refer to patches beyond the K of this X")
         self.patches = patches
         self.patterns = patterns
-        self.windows = patterns.windows
+        device = patches.device
+        self.windows = patterns.windows.to(device)
         self.targets = targets
         self.beta = float(beta)
         self.loss = loss
@@ -97,7 +98,7 @@ class MaxPoolReLU(ConvexProblem):
         self.P = len(patterns)
         self.S = int(self.windows.shape[1])
         dtype = patches.dtype
-        winners = patterns.winners  # (P, n, Ω)
+        winners = patterns.winners.to(device)  # (P, n, Ω)
         self._active = (winners >= 0).to(dtype)  # α: weight of the winner term
         self._winner_index = winners.clamp_min(0)
         is_winner = self.windows[None, None] == winners[..., None]  # (P, n, Ω, S)
@@ -106,7 +107,8 @@ class MaxPoolReLU(ConvexProblem):
         self._B: torch.Tensor | None = None
         self._stacked = patches.reshape(n * K, h)  # M (nK, h)
         self._stacked_t = self._stacked.T.contiguous()
-        self._global = self.windows.shape[0] == 1 and torch.equal(self.windows[0], torch.arange(K))
+        identity = torch.arange(K, device=device)
+        self._global = self.windows.shape[0] == 1 and torch.equal(self.windows[0], identity)
 
     # ----- operators ------------------------------------------------------------------
     @property
@@ -116,7 +118,9 @@ class MaxPoolReLU(ConvexProblem):
     @property
     def winner_counts(self) -> torch.Tensor:
         """E (P, n, K): number of active windows patch k wins for sample t under pattern i."""
-        E = torch.zeros((self.P, self.n, self.K), dtype=self.patches.dtype)
+        E = torch.zeros(
+            (self.P, self.n, self.K), dtype=self.patches.dtype, device=self.patches.device
+        )
         return E.scatter_add_(2, self._winner_index.reshape(self.P, self.n, -1), self._active)
 
     @property
@@ -163,7 +167,7 @@ class MaxPoolReLU(ConvexProblem):
         if self._global:
             coef = per_member.reshape(*lead, self.n, self.K)
         else:
-            coef = torch.zeros((*lead, self.n, self.K), dtype=L.dtype)
+            coef = torch.zeros((*lead, self.n, self.K), dtype=L.dtype, device=L.device)
             member_index = self.windows.reshape(-1).expand(*lead, self.n, -1)
             coef.scatter_add_(4, member_index, per_member.flatten(-2))
         out = coef.reshape(-1, self.n * self.K) @ self._stacked
@@ -233,7 +237,7 @@ class MaxPoolReLU(ConvexProblem):
             pool_size=self.pool_size,
             pool_stride=self.pool_stride,
             n_outputs=self.c,
-        ).to(W.dtype)
+        ).to(device=W.device, dtype=W.dtype)
         net.set_weights(filters, out)
         value = network_objective(net, self.inputs, self.targets, self.loss, self.beta)
         info = {"pool_size": self.pool_size, "pool_stride": self.pool_stride}
@@ -255,11 +259,11 @@ class MaxPoolReLU(ConvexProblem):
         sel = slice(None) if pattern is None else slice(pattern, pattern + 1)
         X = self.patches.detach().cpu().numpy()
         t = np.arange(self.n)[None, :, None]
-        active = self._active[sel].numpy()[..., None]
-        winner = active * X[t, self._winner_index[sel].numpy()]  # (P, n, Ω, h)
-        G = winner[:, :, :, None, :] - X[:, self.windows.numpy()][None]  # (P, n, Ω, S, h)
+        active = self._active[sel].cpu().numpy()[..., None]
+        winner = active * X[t, self._winner_index[sel].cpu().numpy()]  # (P, n, Ω, h)
+        G = winner[:, :, :, None, :] - X[:, self.windows.cpu().numpy()][None]  # (P, n, Ω, S, h)
         P_i, t_i, o_i = np.indices(winner.shape[:3])
-        G[P_i, t_i, o_i, self._winner_slot[sel][..., 0].numpy()] += winner
+        G[P_i, t_i, o_i, self._winner_slot[sel][..., 0].cpu().numpy()] += winner
         return G.reshape(G.shape[0], -1, self.h)
 
     def cvxpy_program(self, w: Any) -> tuple[Any, Any, list[Any]]:
