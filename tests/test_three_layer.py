@@ -331,6 +331,31 @@ def test_fit_api_and_bad_options(tmp_path: Path) -> None:
         fit(X, y, architecture="three_layer", kernel_size=2, patterns="enumerate", branch_width=3)
 
 
+def test_branch_width_three() -> None:
+    """m1 = 3: path merges dominated duplicate slots; unit duplicates make filters cheaper
+    (‖c‖/√m1), so its optimum drops below m1 = 2's (SPEC §8: "degenerates as m1 grows")."""
+    X, y = reference_instance(6, 4, 0)
+    values = {}
+    for reg in ("path", "unit"):
+        result = fit(
+            X,
+            y,
+            architecture="three_layer",
+            kernel_size=2,
+            beta=0.1,
+            patterns=2000,
+            branch_width=3,
+            regularization=reg,
+            certificate_starts=0,
+        )
+        assert abs(result.network_objective - result.objective) <= 1e-6 * result.objective
+        assert result.network.branch_width == 3
+        values[reg] = result.objective
+        merged = result.problem.tuples.counts["merged"]
+        assert (merged > 0) if reg == "path" else (merged == 0)
+    assert values["unit"] < REFERENCE[(6, 4, 0, 0.1, "unit")] - 1e-3
+
+
 @pytest.mark.slow
 def test_enumerated_tuples_give_the_reference_optimum_with_a_proof() -> None:
     X, y = reference_instance(6, 4, 0)

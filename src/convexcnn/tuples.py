@@ -209,7 +209,9 @@ class TupleSet:
         return base.merged(new)
 
     def merged(self, other: TupleSet) -> TupleSet:
-        """Union with a set built on the same data whose pattern list extends this one's."""
+        """Union with a set built on the same data whose pattern list extends this one's.
+
+        This set's tuples stay first, in order (solutions on it embed as a prefix)."""
         P = len(self.patterns)
         if len(other.patterns) < P or not torch.equal(
             other.patterns.masks[:P], self.patterns.masks
@@ -224,7 +226,7 @@ class TupleSet:
         slots, signs, deltas, _ = _dedupe(slots, signs, deltas, keep_first=T0)
         slots, signs, deltas = _add_linear(slots, signs, deltas, len(other.patterns))
         if self.regularization == "path":
-            slots, signs, deltas, _ = _merge_path(slots, signs, deltas)
+            slots, signs, deltas, _ = _merge_path(slots, signs, deltas, protect=T0)
         counts = {k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in _ADDITIVE_COUNTS}
         counts["distinct"] = int(slots.shape[0])
         added = int(slots.shape[0]) - T0
@@ -376,10 +378,11 @@ def _add_linear(
 
 
 def _merge_path(
-    slots: np.ndarray, signs: np.ndarray, deltas: np.ndarray
+    slots: np.ndarray, signs: np.ndarray, deltas: np.ndarray, protect: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Path regularization: drop tuples with repeated slots dominated by a tuple with the same δ
-    whose distinct slots strictly contain theirs. Linear tuples (δ = 1) are kept."""
+    whose distinct slots strictly contain theirs. Linear tuples (δ = 1) and the first
+    ``protect`` rows (an existing set whose order solutions rely on) are kept."""
     m1 = slots.shape[1]
     if m1 < 3:
         return slots, signs, deltas, 0
@@ -396,6 +399,8 @@ def _merge_path(
                 covered.add((dkeys[t].tobytes(), sub))
     keep = np.ones(len(slots), dtype=bool)
     for t in np.flatnonzero(has_dup):
+        if t < protect:
+            continue
         if (dkeys[t].tobytes(), tuple(sorted(set(codes[t].tolist())))) in covered:
             keep[t] = False
     return slots[keep], signs[keep], deltas[keep], int((~keep).sum())
