@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cvxpy as cp
 import numpy as np
@@ -201,3 +202,14 @@ def test_bad_arguments_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         implicit_regularizer(*args, **options)
+
+
+@pytest.mark.slow
+def test_example_script_writes_one_figure_per_model(tmp_path: Path) -> None:
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    module = runpy.run_path(str(root / "examples" / "implicit_regularizers.py"))
+    written = module["main"](["--out", str(tmp_path)])
+    assert len(written) == 7
+    assert all(path.stat().st_size > 10_000 for path in written)

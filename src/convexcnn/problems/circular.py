@@ -104,8 +104,8 @@ class CircularReLU(ConvexProblem):
         *,
         depth: int = 3,
         inner_norm: str = "schatten",
-        polish_epochs: int = 500,
-        polish_lr: float = 1e-3,
+        polish_epochs: int = 1000,
+        polish_lr: float = 1e-2,
         polish_seed: int = 0,
     ) -> None:
         self.inputs = inputs
@@ -309,10 +309,10 @@ def _check_options(options: dict[str, Any], channels: int) -> dict[str, Any]:
             f"architecture='circular' with depth ≥ 4 supports single-channel inputs only; got "
             f"C = {channels} channels (use depth=3, or one channel)"
         )
-    epochs = options.get("polish_epochs", 500)
+    epochs = options.get("polish_epochs", 1000)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"polish_epochs must be an integer ≥ 0; got {epochs!r}")
-    lr = options.get("polish_lr", 1e-3)
+    lr = options.get("polish_lr", 1e-2)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ValueError(f"polish_lr must be a positive number; got {lr!r}")
     return {
