@@ -60,6 +60,8 @@ SCOPE_CURRENT = "current patterns only"
 
 #: Row budget (floats) of one (starts × nK) buffer in the filter search.
 _SEARCH_CHUNK_FLOATS = 1 << 23
+#: The ascent stops when no start improved over this many steps.
+_STALL_STEPS = 10
 
 _SCOPE_TEXT = {
     SCOPE_ENUMERATED: "all patterns enumerated: a proof for the non-convex training problem",
@@ -389,11 +391,13 @@ def _ascend(
     """Projected (normalized-gradient) ascent of sign·wᵀ(M u)_+ on the unit sphere.
 
     Returns the best value seen per row and its filter. Step sizes decay geometrically
-    0.5 → 1e-5; the iterate's value is exact (evaluated on the sphere)."""
+    0.5 → 1e-5; the iterate's value is exact (evaluated on the sphere). Stops early when no
+    row gained more than 1e-12 (relative) over the last ``_STALL_STEPS`` steps."""
     best_val = torch.full((U.shape[0],), -math.inf, dtype=U.dtype, device=U.device)
     best_U = U.clone()
     Mt = M.T.contiguous()
     ws = sign[:, None] * w  # (S, N): signed sample weights per row
+    checkpoint = best_val.clone()
     for t in range(steps + 1):
         Zm = _small_matmul(U, Mt)  # (S, N)
         val = (Zm.clamp_min(0) * ws).sum(dim=1)
@@ -402,6 +406,11 @@ def _ascend(
         best_U = torch.where(better[:, None], U, best_U)
         if t == steps:
             break
+        if t % _STALL_STEPS == 0 and t > 0:
+            gain = float((best_val - checkpoint).max())
+            if gain <= 1e-12 * max(float(best_val.abs().max()), 1e-300):
+                break
+            checkpoint = best_val.clone()
         grad = _small_matmul(torch.where(Zm > 0, ws, 0.0), M)
         eta = 0.5 * (2e-5) ** (t / max(1, steps - 1))
         U = U + grad * (eta / grad.norm(dim=1, keepdim=True).clamp_min(1e-300))
