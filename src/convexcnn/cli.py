@@ -91,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--train-size", type=int, default=None, help="cap on training images")
     fit.add_argument("--test-size", type=float, default=0.3, help="test fraction (no test set)")
     fit.add_argument("--architecture", default="two_layer")
-    fit.add_argument("--pooling", default="sum")
+    fit.add_argument("--pooling", default=None, help="default: the architecture's first")
     fit.add_argument("--kernel-size", type=_int_tuple, default=3)
     fit.add_argument("--stride", type=_int_tuple, default=1)
     fit.add_argument("--padding", type=_int_tuple, default=0)

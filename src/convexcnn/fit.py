@@ -142,7 +142,7 @@ def fit(
     y: object,
     *,
     architecture: str = "two_layer",
-    pooling: str = "sum",
+    pooling: str | None = None,
     kernel_size: int | tuple[int, ...] = 3,
     stride: int | tuple[int, ...] = 1,
     padding: int | tuple[int, ...] = 0,
@@ -204,6 +204,8 @@ def fit(
         raise ValueError(
             f"architecture must be one of {sorted(ARCHITECTURES)}; got {architecture!r}"
         )
+    if pooling is None:  # the architecture's default (first listed) pooling
+        pooling = ARCHITECTURES[architecture].poolings[0]
     if pooling not in ARCHITECTURES[architecture].poolings:
         raise ValueError(
             f"pooling must be one of {list(ARCHITECTURES[architecture].poolings)} for "
@@ -234,7 +236,7 @@ def fit(
         or certificate_starts < 0
     ):
         raise ValueError(f"certificate_starts must be an integer ≥ 0; got {certificate_starts!r}")
-    if isinstance(patterns, str):
+    if isinstance(patterns, str) and architecture == "two_layer":
         if (
             patterns != "enumerate"
             or pooling not in ("sum", "avg")
