@@ -9,8 +9,9 @@ sides (SPEC §3 program, 2·P·n·K cone rows).
   of building the program + canonicalization + solve, median of repeats.
 * Our time: ``solver="al"`` with ``tol=1e-5`` (relative duality gap). A gap ≤ 1e-5 certifies
   (f − f*)/f ≤ 1e-5 by itself; the benchmark also checks it against f* and checks that the
-  returned W is feasible (after the solver's own repair). Wall time of building the problem
-  (operators included) + solve, median of repeats.
+  recovered network's own objective (computed by running it, so any infeasibility would show)
+  is within 1e-5 of f*. Wall time of building the problem (operators included) + solve, median
+  of repeats.
 
 Ratio = median baseline time / median our time. Target ≥ 50.
 
@@ -40,6 +41,8 @@ from convexcnn.patterns import sample_patch_patterns
 from convexcnn.solvers.exact import ExactSolver
 
 BETA, KERNEL, TARGET_REL, TARGET_SPEEDUP = 1e-3, 3, 1e-5, 50.0
+#: Constraint violation counted as feasible when reading the history (roundoff of projections).
+FEASIBILITY_TOL = 1e-8
 
 
 def cvxpy_default_solve(problem: Any) -> dict[str, Any]:
@@ -102,7 +105,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         t, (problem, sol) = timed(solve_ours)
         rel = (sol.objective - f_star) / abs(f_star)
         net = problem.recover(sol.W).objective
-        hist_t = time_to_target(sol.history, f_star * (1 + TARGET_REL), max_violation=0.0)
+        net_rel = (net - f_star) / abs(f_star)
+        hist_t = time_to_target(
+            sol.history, f_star * (1 + TARGET_REL), max_violation=FEASIBILITY_TOL
+        )
         ours.append(
             {
                 "seconds": t,
@@ -112,6 +118,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "relative_to_fstar": rel,
                 "max_violation": sol.max_violation,
                 "network_objective": net,
+                "network_relative_to_fstar": net_rel,
                 "history_time_to_target_feasible_iterate": hist_t,
                 "info": {k: v for k, v in sol.info.items() if isinstance(v, (int, float, str))},
             }
@@ -124,7 +131,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     t_base = median([b["seconds"] for b in base_runs])
     t_ours = median([o["seconds"] for o in ours])
-    reached = all(o["relative_to_fstar"] <= TARGET_REL and o["max_violation"] == 0 for o in ours)
+    reached = all(
+        o["relative_to_fstar"] <= TARGET_REL and o["network_relative_to_fstar"] <= TARGET_REL
+        for o in ours
+    )
     speedup = t_base / t_ours if t_ours > 0 else math.nan
     table(
         ["side", "median s", "objective", "rel to f*", "notes"],

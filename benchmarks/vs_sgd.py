@@ -45,8 +45,8 @@ from convexcnn.patterns import sample_patch_patterns
 BETA, KERNEL = 1e-3, 3
 #: Generator filters of the convex side (see the README for how this was chosen).
 PATTERNS = 300
-EPOCHS = 2000
-LEARNING_RATES = {"adam": (1e-3, 1e-2, 1e-1), "sgd": (1e-2, 1e-1, 1.0)}
+EPOCHS = 3000
+LEARNING_RATES = {"adam": (1e-3, 3e-3, 1e-2), "sgd": (1e-4, 3e-4, 1e-3)}
 SEEDS = (0, 1, 2, 3, 4)
 TIME_FACTOR = 0.5
 
