@@ -51,6 +51,8 @@ def test_reference_1d_global_optimum(tiny_1d: tuple[np.ndarray, np.ndarray]) -> 
     X, y = tiny_1d
     result = convexcnn.fit(X, y, kernel_size=2, beta=0.1, patterns=20000, seed=0)
     assert result.status == "optimal"
+    enumerated = convexcnn.fit(X, y, kernel_size=2, beta=0.1, patterns="enumerate")
+    assert len(enumerated.patterns) == len(result.patterns)  # sampling found every pattern
     # shared/REFERENCE_VALUES.md: 1.533410 (all patterns present)
     assert result.objective == pytest.approx(1.533410, abs=1e-6)
     patches = patches_of(X, PatchSpec(2)).numpy()
@@ -64,13 +66,14 @@ def test_reference_1d_global_optimum(tiny_1d: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def test_tiny_2d_global_optimum() -> None:
-    """2-D images (n, 1, 4, 3), kernel (2, 1), padding 1, stride (1, 2): h = 2 so 20000
-    Gaussian filters reach every one of the ≤ 2·nK cells."""
+    """2-D images (n, 1, 4, 3), kernel (2, 1), padding 1, stride (1, 2): h = 2, every pattern
+    enumerated exactly (sampling alone can miss thin cells)."""
     rng = np.random.default_rng(7)
     X = rng.standard_normal((6, 1, 4, 3))
     y = rng.standard_normal(6)
     geometry = {"kernel_size": (2, 1), "padding": (1, 0), "stride": (1, 2)}
-    result = convexcnn.fit(X, y, beta=0.05, patterns=20000, **geometry)
+    result = convexcnn.fit(X, y, beta=0.05, patterns="enumerate", **geometry)
+    assert result.certificate.scope.startswith("enumerated")
     patches = patches_of(X, PatchSpec((2, 1), padding=(1, 0), stride=(1, 2))).numpy()
     reference = independent_cvxpy_optimum(patches, result.patterns.masks.numpy(), y, 0.05)
     assert result.objective == pytest.approx(reference, rel=1e-6)
