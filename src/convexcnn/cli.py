@@ -44,13 +44,14 @@ def _int_tuple(text: str) -> int | tuple[int, ...]:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _accuracy(predicted: torch.Tensor, y: Any, task: str) -> float | None:
-    if task == "regression":
-        return None
+def _accuracy(outputs: torch.Tensor, y: Any, kind: str) -> float | None:
+    """Accuracy of raw network outputs: sign for binary, argmax for (n, c) multi-class."""
     target = torch.as_tensor(y)
-    if task == "binary":
-        return float((predicted.sign() == target.sign()).double().mean())
-    return float((predicted.long() == target.long()).double().mean())
+    if kind == "binary":
+        return float((torch.where(outputs >= 0, 1, -1) == target.sign()).double().mean())
+    if kind == "multiclass":
+        return float((outputs.argmax(dim=1) == target.long()).double().mean())
+    return None
 
 
 def _format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -147,7 +148,7 @@ def _load(args: argparse.Namespace) -> Any:
 def _run_fit(args: argparse.Namespace) -> int:
     from .fit import fit
     from .io import atomic_write_text, save_network, to_jsonable
-    from .networks import TwoLayerCNN, train_network
+    from .networks import train_network
 
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     dataset = _load(args)
@@ -163,10 +164,21 @@ def _run_fit(args: argparse.Namespace) -> int:
         f"patterns={args.patterns} …",
         flush=True,
     )
+    y_train = dataset.y_train
+    task = "auto"
+    if dataset.task == "binary":
+        task = "binary"
+    elif dataset.task == "multiclass":
+        if args.loss == "cross_entropy":
+            task = "multiclass"
+        else:  # one-hot targets, one output per class
+            y_train = torch.nn.functional.one_hot(torch.as_tensor(y_train).long()).double()
+            task = "regression"
     start = time.perf_counter()
     result = fit(
         dataset.X_train,
-        dataset.y_train,
+        y_train,
+        task=task,
         architecture=args.architecture,
         pooling=args.pooling,
         kernel_size=args.kernel_size,
@@ -185,8 +197,12 @@ def _run_fit(args: argparse.Namespace) -> int:
         {
             "method": "convex program",
             "objective": result.objective,
-            "train_acc": _accuracy(result.predict(dataset.X_train), dataset.y_train, result.task),
-            "test_acc": _accuracy(result.predict(dataset.X_test), dataset.y_test, result.task),
+            "train_acc": _accuracy(
+                result.decision_function(dataset.X_train), dataset.y_train, dataset.task
+            ),
+            "test_acc": _accuracy(
+                result.decision_function(dataset.X_test), dataset.y_test, dataset.task
+            ),
             "time": fit_time,
             "width": result.n_filters,
         },
@@ -201,14 +217,18 @@ def _run_fit(args: argparse.Namespace) -> int:
     ]
     baselines = []
     if args.baseline_seeds > 0:
-        if not isinstance(result.network, TwoLayerCNN):
-            print("(no SGD/Adam baseline for this architecture in the CLI yet)")
+        network = result.network
+        if not hasattr(network, "config") or not hasattr(network, "weight_penalty"):
+            print(f"(no SGD/Adam baseline for {type(network).__name__})")
         else:
-            inputs = result.problem.inputs  # type: ignore[attr-defined]
-            width = max(result.n_filters, 1)
+            inputs = _forward(network, result, dataset.X_train, batch_only=True)
             for seed in range(args.baseline_seeds):
                 torch.manual_seed(seed)  # seeded default (Kaiming-uniform) initialization
-                net = type(result.network).from_config(result.network.config()).to(dtype)
+                net = type(network).from_config(network.config()).to(dtype)
+                before_step, project = _constraint_hooks(net)
+                if project is not None:
+                    with torch.no_grad():
+                        project(net)  # start feasible
                 run = train_network(
                     net,
                     inputs,
@@ -219,27 +239,27 @@ def _run_fit(args: argparse.Namespace) -> int:
                     lr=args.baseline_lr,
                     epochs=args.baseline_epochs,
                     seed=seed,
+                    project=project,
+                    before_step=before_step,
                 )
                 baselines.append(run)
                 print(
                     f"  {args.baseline_optimizer} seed {seed}: objective {run.objective:.6g} "
-                    f"({run.times[-1]:.1f} s, width {width})",
+                    f"({run.times[-1]:.1f} s, width {result.n_filters})",
                     flush=True,
                 )
     if baselines:
         best = min(baselines, key=lambda r: r.objective)
 
         def row(label: str, run: Any) -> dict[str, Any]:
-            with torch.no_grad():
-                tr = run.network(result.problem.inputs)  # type: ignore[attr-defined]
             return {
                 "method": label,
                 "objective": run.objective,
-                "train_acc": _accuracy(_labels(tr, result.task), dataset.y_train, result.task),
+                "train_acc": _accuracy(
+                    _forward(run.network, result, dataset.X_train), dataset.y_train, dataset.task
+                ),
                 "test_acc": _accuracy(
-                    _labels(_forward(run.network, result, dataset.X_test), result.task),
-                    dataset.y_test,
-                    result.task,
+                    _forward(run.network, result, dataset.X_test), dataset.y_test, dataset.task
                 ),
                 "time": run.times[-1],
                 "width": result.n_filters,
@@ -291,20 +311,31 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forward(network: torch.nn.Module, result: Any, X: Any) -> torch.Tensor:
+def _forward(
+    network: torch.nn.Module, result: Any, X: Any, *, batch_only: bool = False
+) -> torch.Tensor:
+    """Network outputs on X (or, with ``batch_only``, X in the network's input layout)."""
     from .data import as_float_tensor
     from .patches import as_signal_batch
 
     dtype = next(network.parameters()).dtype
     batch, _ = as_signal_batch(as_float_tensor(X, name="X", dtype=dtype), result.spec)
+    if batch_only:
+        return batch
     with torch.no_grad():
         return network(batch)
 
 
-def _labels(out: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "multiclass":
-        return out.argmax(dim=1)
-    return out
+Hook = Any
+
+
+def _constraint_hooks(net: torch.nn.Module) -> tuple[Hook, Hook]:
+    """(before_step, project) that keep a constrained network feasible during SGD/Adam."""
+    if hasattr(net, "constraint_callbacks"):
+        return net.constraint_callbacks()  # type: ignore[no-any-return]
+    if hasattr(net, "project"):
+        return None, lambda module: module.project()
+    return None, None
 
 
 def _run_architectures(args: argparse.Namespace) -> int:
