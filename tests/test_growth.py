@@ -124,7 +124,14 @@ def test_growth_stops_at_once_on_complete_sets() -> None:
 def test_growth_rejects_bad_arguments() -> None:
     X, y, _, beta = _instance(0)
     problem = fit(X, y, beta=beta, kernel_size=2, patterns=5, certificate_starts=0).problem
-    for kwargs in ({"rounds": -1}, {"per_round": 0}, {"starts": 0}, {"tol": -1.0}):
+    bad: list[dict[str, Any]] = [
+        {"rounds": -1},
+        {"per_round": 0},
+        {"starts": 0},
+        {"tol": -1.0},
+        {"confirm_factor": 0},
+    ]
+    for kwargs in bad:
         with pytest.raises(ValueError, match="growth"):
             grow_patterns(problem, ExactSolver(), **kwargs)  # type: ignore[arg-type]
 

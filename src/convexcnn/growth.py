@@ -79,6 +79,7 @@ def grow_patterns(
     tol: float = 1e-6,
     seed: int = 0,
     max_patterns: int | None = None,
+    confirm_factor: int = 4,
 ) -> GrowthOutcome:
     """Column generation on ``problem``'s patterns (module docstring).
 
@@ -91,8 +92,11 @@ def grow_patterns(
         tol: a filter violates when |vᵀg(u)| > β(1 + tol).
         seed: seeds the searches (round r uses seed + r).
         max_patterns: stop growing once the program has this many patterns.
+        confirm_factor: when a search finds no violation, search once more from this many
+            times the starts before stopping (1: no confirmation).
     """
     for name, value, low in (
+        ("confirm_factor", confirm_factor, 1),
         ("rounds", rounds, 0),
         ("starts", starts, 1),
         ("per_round", per_round, 1),
@@ -128,6 +132,20 @@ def grow_patterns(
             if cert.search is not None
             else torch.zeros((0, 0))
         )
+        if cert.search is not None and len(violating) == 0 and confirm_factor > 1:
+            # before declaring convergence, search again from confirm_factor× more starts
+            # (violating filters can have small basins of attraction)
+            cert = certify_solution(
+                problem,
+                solution.W,
+                upper_bound=recovered.objective,
+                multipliers=solution.multipliers,
+                starts=confirm_factor * starts,
+                steps=steps,
+                seed=seed + 7919 * (r + 1),
+            )
+            assert cert.search is not None
+            violating = cert.search.violating(problem.beta, tol)
         n_now = _pattern_count(problem)
         room = per_round if max_patterns is None else min(per_round, max_patterns - n_now)
         done = problem.patterns_complete or len(violating) == 0
