@@ -181,24 +181,30 @@ class Certificate:
 def best_scaled_dual_value(
     loss: Loss, V: torch.Tensor, Y: torch.Tensor, ratio: float
 ) -> tuple[float, float]:
-    """max over s ∈ [0, min(1, 1/ratio)] of −ℓ*(−sV) (concave in s) → (value, s)."""
+    """max over dual-feasible scalings s ∈ [0, 1/ratio] of −ℓ*(−sV) (concave in s) → (value, s).
+
+    s = min(1, 1/ratio) is always in the conjugate's domain for our losses; larger s (possible
+    when ratio < 1) count only where ``loss.dual_value`` is finite."""
     from scipy.optimize import minimize_scalar
 
     if not math.isfinite(ratio):
         return float(loss.dual_value(0 * V, Y)), 0.0
-    s_max = 1.0 if ratio <= 1.0 else 1.0 / ratio
+    s_max = min(1.0 / ratio, 1e6) if ratio > 0 else 1e6
 
     def value(s: float) -> float:
         v = float(loss.dual_value(s * V, Y))
         return v if math.isfinite(v) else -math.inf
 
-    best_s, best = s_max, value(s_max)
-    if s_max > 0:
-        res = minimize_scalar(
-            lambda s: -value(s), bounds=(0.0, s_max), method="bounded", options={"xatol": 1e-12}
-        )
-        if res.success and -float(res.fun) > best:
-            best_s, best = float(res.x), -float(res.fun)
+    best_s = min(1.0, s_max)
+    best = value(best_s)
+    res = minimize_scalar(
+        lambda s: min(-value(s), 1e300),
+        bounds=(0.0, s_max),
+        method="bounded",
+        options={"xatol": 1e-12 * max(1.0, s_max)},
+    )
+    if res.success and math.isfinite(value(float(res.x))) and value(float(res.x)) > best:
+        best_s, best = float(res.x), value(float(res.x))
     return best, best_s
 
 
@@ -271,26 +277,53 @@ def _residual_from_multipliers(
 ) -> torch.Tensor | None:
     """Z + 𝒢ᵀλ for the solver's λ (clamped to ≥ 0); None when absent or of the wrong shape.
 
-    Sparse (hybrid COO, sparse over the block axes) multipliers are applied block by block
+    Sparse COO multipliers (fully sparse, or hybrid with dense rows) are applied block by block
     through ``block_constraint_matrix``; blocks without an entry have λ_b = 0."""
     if multipliers is None:
         return None
-    if not multipliers.is_sparse:
-        try:
+    try:
+        if not multipliers.is_sparse:
             return Z + problem.constraint_adjoint(multipliers.to(Z).clamp_min(0))
-        except (RuntimeError, ValueError):
+        lam = multipliers.coalesce()
+        try:
+            nb = problem.block_dual_norms(Z).ndim  # number of block axes
+        except NotImplementedError:
+            nb = lam.sparse_dim() + 1  # no block structure: densify below
+        if lam.sparse_dim() < nb:
+            return Z + problem.constraint_adjoint(lam.to_dense().to(Z).clamp_min(0))
+        if tuple(lam.shape[:nb]) != tuple(Z.shape[:nb]):
             return None
-    lam = multipliers.coalesce()
-    n_block_axes = lam.sparse_dim()
-    if tuple(lam.shape[:n_block_axes]) != tuple(Z.shape[:n_block_axes]):
+        return _apply_sparse_multipliers(problem, Z, lam, nb)
+    except (RuntimeError, ValueError):
         return None
+
+
+def _apply_sparse_multipliers(
+    problem: ConvexProblem, Z: torch.Tensor, lam: torch.Tensor, nb: int
+) -> torch.Tensor:
+    """Z + 𝒢ᵀλ for a coalesced sparse λ whose first ``nb`` axes are the block axes."""
+    sd = lam.sparse_dim()
+    idx, vals = lam.indices(), lam.values()
+    inner_sparse = tuple(lam.shape[nb:sd])
+    inner_dense = math.prod(lam.shape[sd:])
+    rows = math.prod(inner_sparse) * inner_dense
+    if sd > nb:
+        flat = torch.as_tensor(
+            np.ravel_multi_index(tuple(idx[nb:sd].cpu().numpy()), inner_sparse), dtype=torch.long
+        )
+    else:
+        flat = torch.zeros(idx.shape[1], dtype=torch.long)
+    blocks, inverse = torch.unique(idx[:nb].cpu(), dim=1, return_inverse=True)
+    buf = torch.zeros((blocks.shape[1], rows), dtype=Z.dtype)
+    positions = flat[:, None] * inner_dense + torch.arange(inner_dense)[None, :]
+    buf[inverse[:, None], positions] = vals.reshape(-1, inner_dense).to(buf).cpu()
+    buf = buf.clamp_min(0)
     R = Z.clone()
     try:
-        for k, values in zip(lam.indices().T.tolist(), lam.values(), strict=True):
-            index = tuple(int(i) for i in k)
+        for b in range(blocks.shape[1]):
+            index = tuple(int(i) for i in blocks[:, b])
             G = problem.block_constraint_matrix(index).to(Z)
-            step = G.T @ values.reshape(-1).to(Z).clamp_min(0)
-            R[index] = R[index] + step.reshape(R[index].shape)
+            R[index] = R[index] + (G.T @ buf[b].to(Z)).reshape(R[index].shape)
     except NotImplementedError:
         return Z + problem.constraint_adjoint(lam.to_dense().to(Z).clamp_min(0))
     return R
