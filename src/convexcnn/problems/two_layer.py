@@ -20,6 +20,7 @@ import torch
 
 from ..losses import Loss
 from ..networks import TwoLayerCNN
+from ..operators import TwoLayerOperators
 from ..patches import ResolvedSpec
 from ..patterns import PatternSet, sample_patch_patterns
 from .base import ConvexProblem, RecoveredNetwork
@@ -96,37 +97,66 @@ class TwoLayerReLU(ConvexProblem):
         return (self.c, 2, self.P, self.h)
 
     @property
+    def operators(self) -> TwoLayerOperators:
+        """The fast chunked operators (:mod:`convexcnn.operators`), built on first use after a
+        memory estimate; A_i precomputed when it fits."""
+        ops = getattr(self, "_operators", None)
+        if ops is None:
+            ops = TwoLayerOperators(
+                self.patches, self.masks, n_outputs=self.c, generators=self.patterns.filters
+            )
+            self._operators: TwoLayerOperators | None = ops
+        return ops
+
+    @property
     def masked_patches(self) -> torch.Tensor:
-        """A_i = Σ_k D_i^k X_k for every pattern, (P, n, h) (computed once)."""
+        """A_i = Σ_k D_i^k X_k for every pattern, (P, n, h)."""
         if self._masked is None:
-            m = self.masks.to(self.patches.dtype)
-            self._masked = torch.einsum("ptk,tkh->pth", m, self.patches)
+            self._masked = self.operators.masked_patches()
         return self._masked
 
     def predict(self, W: torch.Tensor) -> torch.Tensor:
-        V = W[:, 0] - W[:, 1]  # (c, P, h)
-        return torch.einsum("pth,jph->tj", self.masked_patches, V)
+        return self.operators.predict(W[:, 0] - W[:, 1])
 
     def predict_adjoint(self, R: torch.Tensor) -> torch.Tensor:
-        g = torch.einsum("pth,tj->jph", self.masked_patches, R)
+        g = self.operators.predict_adjoint(R)
         return torch.stack([g, -g], dim=1)
 
     @property
     def has_constraints(self) -> bool:
         return not self.gated
 
-    def _signs(self) -> torch.Tensor:
-        return self.masks.to(self.patches.dtype) * 2 - 1  # (P, n, K)
-
     def constraint(self, W: torch.Tensor) -> torch.Tensor | None:
         if self.gated:
             return None
-        MW = torch.einsum("tkh,jsph->jsptk", self.patches, W)
-        return MW * self._signs()
+        return self.operators.constraint(W)
 
     def constraint_adjoint(self, L: torch.Tensor) -> torch.Tensor:
         if self.gated:
             raise NotImplementedError("the gated program has no constraints")
+        return self.operators.constraint_adjoint(L)
+
+    # ----- plain reference implementations of the operators (tests compare) ---------------
+    def _masked_patches_reference(self) -> torch.Tensor:
+        m = self.masks.to(self.patches.dtype)
+        return torch.einsum("ptk,tkh->pth", m, self.patches)
+
+    def _predict_reference(self, W: torch.Tensor) -> torch.Tensor:
+        V = W[:, 0] - W[:, 1]  # (c, P, h)
+        return torch.einsum("pth,jph->tj", self._masked_patches_reference(), V)
+
+    def _predict_adjoint_reference(self, R: torch.Tensor) -> torch.Tensor:
+        g = torch.einsum("pth,tj->jph", self._masked_patches_reference(), R)
+        return torch.stack([g, -g], dim=1)
+
+    def _signs(self) -> torch.Tensor:
+        return self.masks.to(self.patches.dtype) * 2 - 1  # (P, n, K)
+
+    def _constraint_reference(self, W: torch.Tensor) -> torch.Tensor:
+        MW = torch.einsum("tkh,jsph->jsptk", self.patches, W)
+        return MW * self._signs()
+
+    def _constraint_adjoint_reference(self, L: torch.Tensor) -> torch.Tensor:
         return torch.einsum("jsptk,ptk,tkh->jsph", L, self._signs(), self.patches)
 
     # ----- regularizer ----------------------------------------------------------------

@@ -8,20 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from .al import AugmentedLagrangian
+from .auto import AutoSolver
 from .exact import ExactSolver, ProblemTooLargeError
+from .fista import FISTA
 from .result import ConvexSolution, History
+from .stopping import DualityGap, GradientMapping, MaxIterations, StoppingRule, TimeLimit
 
 __all__ = [
+    "FISTA",
     "SOLVERS",
+    "AugmentedLagrangian",
+    "AutoSolver",
     "ConvexSolution",
+    "DualityGap",
     "ExactSolver",
+    "GradientMapping",
     "History",
+    "MaxIterations",
     "ProblemTooLargeError",
+    "StoppingRule",
+    "TimeLimit",
     "get_solver",
 ]
 
 #: name → solver class. First-order solvers register here.
-SOLVERS: dict[str, Any] = {"exact": ExactSolver}
+SOLVERS: dict[str, Any] = {
+    "exact": ExactSolver,
+    "fista": FISTA,
+    "al": AugmentedLagrangian,
+    "auto": AutoSolver,
+}
 
 
 def get_solver(name: str, **options: Any) -> Any:

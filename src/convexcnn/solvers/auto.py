@@ -1,0 +1,69 @@
+"""``solver="auto"``: the exact interior-point solve for tiny programs, first-order otherwise.
+
+:func:`convexcnn.fit` builds the solver before the problem exists, so the choice is made in
+:meth:`AutoSolver.solve` from the problem itself:
+
+1. ``cvxpy_size()`` within ``exact_max_rows`` constraint rows and ``exact_max_variables``
+   variables → :class:`~convexcnn.solvers.exact.ExactSolver`;
+2. squared loss and per-block operators → :class:`~convexcnn.solvers.al.AugmentedLagrangian`
+   (semismooth Newton; gated or cone-constrained);
+3. otherwise → :class:`~convexcnn.solvers.fista.FISTA` (unconstrained, or cone-constrained with
+   per-block projections), else the augmented Lagrangian's generic fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..losses import SquaredLoss
+from ..problems.base import ConvexProblem
+from .al import AugmentedLagrangian
+from .cones import supports_cone_prox
+from .exact import ExactSolver
+from .fista import FISTA
+from .result import ConvexSolution
+
+__all__ = ["AutoSolver"]
+
+
+@dataclass
+class AutoSolver:
+    """Pick a solver per problem (module docstring); ``tol``/``time_limit``/``verbose`` are
+    passed to the first-order solvers."""
+
+    tol: float | None = None
+    time_limit: float | None = None
+    verbose: bool = False
+    exact_max_rows: int = 20_000
+    exact_max_variables: int = 5_000
+    name: str = field(default="auto", init=False)
+
+    def choose(self, problem: ConvexProblem) -> Any:
+        """The solver object ``solve`` would use for ``problem``."""
+        try:
+            size = problem.cvxpy_size()
+        except NotImplementedError:
+            size = None
+        if (
+            size is not None
+            and size["constraint_rows"] <= self.exact_max_rows
+            and size["variables"] <= self.exact_max_variables
+        ):
+            return ExactSolver(verbose=self.verbose)
+        ops = getattr(problem, "operators", None)
+        has_maps = hasattr(ops, "block_maps")
+        constrained_ok = not problem.has_constraints or supports_cone_prox(problem)
+        if isinstance(problem.loss, SquaredLoss) and has_maps and constrained_ok:
+            return AugmentedLagrangian(
+                tol=self.tol, time_limit=self.time_limit, verbose=self.verbose
+            )
+        if constrained_ok:
+            return FISTA(tol=self.tol, time_limit=self.time_limit, verbose=self.verbose)
+        return AugmentedLagrangian(tol=self.tol, time_limit=self.time_limit, verbose=self.verbose)
+
+    def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
+        solver = self.choose(problem)
+        solution: ConvexSolution = solver.solve(problem, warm_start)
+        solution.info["auto_choice"] = solver.name
+        return solution
