@@ -7,8 +7,8 @@ patterns as growth ended with. Each arm's program is solved to optimality over i
 the recovered network's own objective (loss + weight decay, computed by running it) is compared.
 Lower is better; growth should win at every seed.
 
-Run: ``.venv/bin/python benchmarks/growth_vs_random.py [--quick]``; writes
-``benchmarks/results/growth_vs_random.json``.
+Run: ``.venv/bin/python benchmarks/growth_vs_random.py [--quick] [--solver exact|al]``; writes
+``benchmarks/results/growth_vs_random_<solver>.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from _common import check, parse_quick, print_checks, table, write_json
+from _common import check, print_checks, table, write_json
 from convexcnn import PatchSpec, PatternSet, fit
 from convexcnn.data import load_dataset
 from convexcnn.patches import patches_of
@@ -36,13 +36,17 @@ def _start_patterns(X: Any, spec: PatchSpec, seed: int) -> PatternSet:
     )
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    limit = 60 if quick else 100
+def run(quick: bool = False, solver: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Both arms with ``solver`` (default: "al" when registered, else "exact"); ``limit``
+    training images (default 100; 0: the whole training split)."""
+    if limit is None:
+        limit = 60 if quick else 100
     seeds = [0] if quick else [0, 1, 2]
     rounds = 3 if quick else 10
     per_round = 10
-    solver = "al" if "al" in SOLVERS else "exact"
-    data = load_dataset("digits", classes=(3, 8), limit=limit)
+    if solver is None:
+        solver = "al" if "al" in SOLVERS else "exact"
+    data = load_dataset("digits", classes=(3, 8), limit=limit or None)
     X, y = data.X_train, data.y_train
     spec = PatchSpec(KERNEL, stride=STRIDE)
     common = {"kernel_size": KERNEL, "stride": STRIDE, "beta": BETA, "solver": solver}
@@ -130,9 +134,17 @@ def run(quick: bool = False) -> dict[str, Any]:
         "runs": records,
         "checks": checks,
     }  # fmt: skip
-    write_json("growth_vs_random" + ("_quick" if quick else ""), payload)
+    suffix = ("_quick" if quick else "") + (f"_n{len(y)}" if limit != 100 and not quick else "")
+    write_json(f"growth_vs_random_{solver}{suffix}", payload)
     return payload
 
 
 if __name__ == "__main__":
-    run(quick=parse_quick())
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (small, one seed)")
+    parser.add_argument("--solver", default=None, help="solver for both arms (default: al/exact)")
+    parser.add_argument("--limit", type=int, default=None, help="training images (0: all)")
+    args = parser.parse_args()
+    run(quick=args.quick, solver=args.solver, limit=args.limit)
