@@ -1,4 +1,4 @@
-"""Losses: gradients against autograd, Fenchel dual values against numeric conjugates, CVXPY forms."""
+"""Losses: gradients vs autograd, Fenchel dual values (Fenchel–Young), CVXPY forms."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,9 +19,9 @@ __all__ = ["main"]
 
 
 def _parse_value(text: str) -> Any:
-    for cast in (int, float):
+    for convert in (int, float):
         try:
-            return cast(text)
+            return convert(text)
         except ValueError:
             pass
     if text.lower() in ("true", "false"):
@@ -224,7 +224,8 @@ def _run_fit(args: argparse.Namespace) -> int:
             inputs = _forward(network, result, dataset.X_train, batch_only=True)
             for seed in range(args.baseline_seeds):
                 torch.manual_seed(seed)  # seeded default (Kaiming-uniform) initialization
-                net = type(network).from_config(network.config()).to(dtype)
+                template: Any = network
+                net = type(template).from_config(template.config()).to(dtype)
                 before_step, project = _constraint_hooks(net)
                 if project is not None:
                     with torch.no_grad():
@@ -332,7 +333,7 @@ Hook = Any
 def _constraint_hooks(net: torch.nn.Module) -> tuple[Hook, Hook]:
     """(before_step, project) that keep a constrained network feasible during SGD/Adam."""
     if hasattr(net, "constraint_callbacks"):
-        return net.constraint_callbacks()  # type: ignore[no-any-return]
+        return cast(Any, net).constraint_callbacks()
     if hasattr(net, "project"):
         return None, lambda module: module.project()
     return None, None
@@ -351,7 +352,7 @@ def _run_architectures(args: argparse.Namespace) -> int:
 
 def _run_certify(args: argparse.Namespace) -> int:
     try:
-        from .certificate import certify  # type: ignore[attr-defined]
+        from .certificate import certify
     except ImportError:
         raise NotImplementedError("`convexcnn certify` needs convexcnn.certificate") from None
     from .io import load_network

@@ -19,7 +19,7 @@ from .fit import FitResult, fit
 __all__ = ["ConvexCNNClassifier", "ConvexCNNRegressor"]
 
 
-class _ConvexCNNBase(BaseEstimator):  # type: ignore[misc]
+class _ConvexCNNBase(BaseEstimator):  # type: ignore[misc,unused-ignore]
     def __init__(
         self,
         *,
@@ -84,7 +84,7 @@ class _ConvexCNNBase(BaseEstimator):  # type: ignore[misc]
         return self.result_.decision_function(X).detach().cpu().numpy()
 
 
-class ConvexCNNClassifier(ClassifierMixin, _ConvexCNNBase):  # type: ignore[misc]
+class ConvexCNNClassifier(ClassifierMixin, _ConvexCNNBase):  # type: ignore[misc,unused-ignore]
     """Classifier: binary problems use ``loss`` ("squared" default, "logistic",
     "squared_hinge") on ±1 targets; more classes use "cross_entropy" (default) or "squared"
     on one-hot targets."""
@@ -115,7 +115,7 @@ class ConvexCNNClassifier(ClassifierMixin, _ConvexCNNBase):  # type: ignore[misc
         return self.classes_[scores.argmax(axis=1)]
 
 
-class ConvexCNNRegressor(RegressorMixin, _ConvexCNNBase):  # type: ignore[misc]
+class ConvexCNNRegressor(RegressorMixin, _ConvexCNNBase):  # type: ignore[misc,unused-ignore]
     """Regressor with ``loss`` "squared" (default) or "huber"."""
 
     def fit(self, X: Any, y: Any) -> ConvexCNNRegressor:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -372,7 +372,7 @@ def save_network(
     full = {
         **dict(metadata),
         "network_class": f"{cls.__module__}:{cls.__qualname__}",
-        "network_config": network.config(),
+        "network_config": cast(Any, network).config(),
         "network_dtype": str(next(network.parameters()).dtype).removeprefix("torch."),
     }
     state = {k: v.detach() for k, v in network.state_dict().items()}

@@ -86,7 +86,10 @@ class SquaredLoss(Loss):
 
 
 class LogisticLoss(Loss):
-    """Σ log(1 + exp(−y f)) for y = ±1. With a = v·y ∈ [0,1]: −ℓ*(−v) = −Σ[a log a + (1−a)log(1−a)]."""
+    """Σ log(1 + exp(−y f)) for y = ±1.
+
+    With a = v·y ∈ [0,1]: −ℓ*(−v) = −Σ[a log a + (1−a)log(1−a)].
+    """
 
     name = "logistic"
     task = "binary"
@@ -112,7 +115,10 @@ class LogisticLoss(Loss):
 
 
 class CrossEntropyLoss(Loss):
-    """Σ_t [logsumexp(F_t) − ⟨F_t, Y_t⟩], Y one-hot. −ℓ*(−V) = −Σ p log p with P = Y − V ∈ simplex."""
+    """Σ_t [logsumexp(F_t) − ⟨F_t, Y_t⟩], Y one-hot.
+
+    −ℓ*(−V) = −Σ p log p with P = Y − V ∈ simplex.
+    """
 
     name = "cross_entropy"
     task = "multiclass"
@@ -163,7 +169,10 @@ class SquaredHingeLoss(Loss):
 
 
 class HuberLoss(Loss):
-    """Σ H_δ(f − y), H_δ(r) = ½r² (|r| ≤ δ), δ|r| − ½δ² otherwise. −ℓ*(−V) = Σ(−½v² + v·y), |v| ≤ δ."""
+    """Σ H_δ(f − y), H_δ(r) = ½r² (|r| ≤ δ), δ|r| − ½δ² otherwise.
+
+    −ℓ*(−V) = Σ(−½v² + v·y) for |v| ≤ δ.
+    """
 
     name = "huber"
     task = "regression"
@@ -190,7 +199,7 @@ class HuberLoss(Loss):
     def cvxpy(self, F: Any, Y: Any) -> Any:
         import cvxpy as cp
 
-        return 0.5 * cp.sum(cp.huber(F - Y, self.delta))
+        return 0.5 * cp.sum(cp.huber(F - Y, self.delta))  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"HuberLoss(delta={self.delta})"

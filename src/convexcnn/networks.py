@@ -41,15 +41,13 @@ class TwoLayerCNN(nn.Module):
         if pooling not in ("sum", "avg"):
             raise ValueError(f"pooling must be 'sum' or 'avg' for TwoLayerCNN; got {pooling!r}")
         conv_cls = nn.Conv1d if spec.dims == 1 else nn.Conv2d
-        self.conv = conv_cls(
-            in_channels,
-            width,
-            kernel_size=spec.kernel,
-            stride=spec.stride,
-            padding=spec.padding,
-            dilation=spec.dilation,
-            bias=False,
-        )
+        geometry: dict[str, Any] = {
+            "kernel_size": spec.kernel,
+            "stride": spec.stride,
+            "padding": spec.padding,
+            "dilation": spec.dilation,
+        }
+        self.conv = conv_cls(in_channels, width, bias=False, **geometry)
         self.linear = nn.Linear(width, n_outputs, bias=False)
         self.pooling = pooling
         self.spec = spec
@@ -568,15 +566,13 @@ class LinearCNN(nn.Module):
         if pooling not in ("sum", "flatten"):
             raise ValueError(f"pooling must be 'sum' or 'flatten' for LinearCNN; got {pooling!r}")
         conv_cls: Any = nn.Conv1d if spec.dims == 1 else nn.Conv2d
-        self.conv = conv_cls(
-            in_channels,
-            width,
-            kernel_size=spec.kernel,
-            stride=spec.stride,
-            padding=spec.padding,
-            dilation=spec.dilation,
-            bias=False,
-        )
+        geometry: dict[str, Any] = {
+            "kernel_size": spec.kernel,
+            "stride": spec.stride,
+            "padding": spec.padding,
+            "dilation": spec.dilation,
+        }
+        self.conv = conv_cls(in_channels, width, bias=False, **geometry)
         features = width if pooling == "sum" else width * n_positions
         self.linear = nn.Linear(features, n_outputs, bias=False)
         self.pooling = pooling

@@ -171,7 +171,6 @@ def extract_patches(batch: torch.Tensor, spec: ResolvedSpec) -> torch.Tensor:
 
     ``patches[t, k] @ u == conv(batch[t:t+1], u.view(1, C, *kernel))`` at flattened position k.
     """
-    n, channels = batch.shape[:2]
     if spec.dims == 1:
         cols = F.unfold(
             batch.unsqueeze(2),

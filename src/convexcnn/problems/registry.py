@@ -52,7 +52,7 @@ class ArchitectureEntry:
     def load(self) -> Callable[[FitContext, dict[str, Any]], ConvexProblem]:
         module_name, func = self.builder.split(":")
         module = importlib.import_module(module_name, package=__package__)
-        return getattr(module, func)  # type: ignore[no-any-return]
+        return getattr(module, func)  # type: ignore[no-any-return,unused-ignore]
 
 
 ARCHITECTURES: dict[str, ArchitectureEntry] = {

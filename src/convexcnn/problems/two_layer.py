@@ -298,7 +298,8 @@ def network_objective(
         out = net(inputs)
         if out.ndim == 1:
             out = out[:, None]
-        penalty = net.weight_penalty(beta) if hasattr(net, "weight_penalty") else 0.0
+        module: Any = net
+        penalty = module.weight_penalty(beta) if hasattr(net, "weight_penalty") else 0.0
         return float(loss.value(out, targets) + penalty)
 
 

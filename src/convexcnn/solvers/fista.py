@@ -312,5 +312,5 @@ def exact_violation(problem: ConvexProblem, W: torch.Tensor, ops: Any = None) ->
         size = W.shape[-1]
         Wb = W.reshape(-1, size)
         nz = (Wb != 0).any(dim=1).nonzero().flatten()
-        return float(ops.max_violation(nz, Wb[nz])) if nz.numel() else 0.0  # type: ignore[union-attr]
+        return float(ops.max_violation(nz, Wb[nz])) if nz.numel() else 0.0  # type: ignore[union-attr,unused-ignore]
     return problem.max_violation(W)
