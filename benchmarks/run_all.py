@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run_all.py            # full run (``make bench``)
     .venv/bin/python benchmarks/run_all.py --quick    # smoke run: small sizes, numbers not final
     .venv/bin/python benchmarks/run_all.py --only vs_cvxpy throughput
+    .venv/bin/python benchmarks/run_all.py --summarize   # re-print the summary of existing results
 
 Each benchmark writes benchmarks/results/<name>.json; this script reads their ``checks`` and
 writes benchmarks/results/summary.json. Besides the issue-3 set (P1 vs_cvxpy, P2 vs_sgd,
@@ -58,6 +59,25 @@ def run_one(name: str, quick: bool) -> dict[str, Any]:
     return {"name": name, "seconds": seconds, "exit_code": code, "checks": data.get("checks", [])}
 
 
+def collect(name: str) -> dict[str, Any]:
+    """The checks of an existing results/<name>.json (``--summarize``)."""
+    out = RESULTS / f"{name}.json"
+    if not out.exists():
+        return {
+            "name": name,
+            "seconds": 0.0,
+            "exit_code": None,
+            "checks": [],
+            "error": "no results file (not run)",
+        }
+    return {
+        "name": name,
+        "seconds": 0.0,
+        "exit_code": None,
+        "checks": json.loads(out.read_text()).get("checks", []),
+    }
+
+
 def fmt(value: Any) -> str:
     if value is None:
         return "nan"
@@ -93,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (small, few repeats)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument(
+        "--summarize", action="store_true", help="run nothing: summarize the existing results"
+    )
     args = parser.parse_args(argv)
     names = discover()
     if args.only:
@@ -101,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s) {unknown}; choose from {names}")
         names = [n for n in names if n in args.only]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(name, args.quick) for name in names]
+    runs = [collect(name) if args.summarize else run_one(name, args.quick) for name in names]
     rows = summary(runs)
     headers = ["benchmark", "target", "measured", "wanted", "verdict", "note"]
     widths = [

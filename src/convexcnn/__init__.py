@@ -2,12 +2,13 @@
 
 Public API: :func:`fit`, :class:`FitResult`, :class:`PatchSpec`, :class:`PatternSet`,
 :func:`sample_patterns`, :func:`certify`, :class:`Certificate`,
-:func:`implicit_regularizer`.
+:func:`implicit_regularizer`, :func:`fit_path`.
 """
 
 from .certificate import Certificate, certify
 from .fit import FitResult, fit
 from .patches import PatchSpec
+from .path import fit_path
 from .patterns import PatternSet, sample_patterns
 from .regularizers import ImplicitRegularizer, implicit_regularizer
 
@@ -19,6 +20,7 @@ __all__ = [
     "PatternSet",
     "certify",
     "fit",
+    "fit_path",
     "implicit_regularizer",
     "sample_patterns",
 ]

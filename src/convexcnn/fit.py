@@ -162,6 +162,7 @@ def fit(
     growth_rounds: int = 10,
     growth_starts: int = 64,
     growth_per_round: int = 10,
+    warm_start: Any = None,
     **architecture_options: Any,
 ) -> FitResult:
     """Train a CNN to global optimality over its patterns by solving its convex program.
@@ -190,6 +191,9 @@ def fit(
         grow_patterns: column generation (:mod:`convexcnn.growth`): solve, search violating
             filters, add their patterns, repeat ≤ ``growth_rounds`` times, ``growth_starts``
             search starts and ≤ ``growth_per_round`` new patterns per round.
+        warm_start: initial point for the solver (a ``ConvexSolution`` or W) of the same
+            program (same patterns), e.g. the previous β's solution (:func:`fit_path`);
+            ignored by the exact solver and by pattern growth.
         architecture_options: options of the architecture (e.g. ``gated=True``).
 
     Returns:
@@ -262,7 +266,7 @@ def fit(
         certificate = grown.certificate
         growth_history = [r.as_dict() for r in grown.history]
     else:
-        solution = solver_obj.solve(problem)
+        solution = solver_obj.solve(problem, warm_start)
         recovered = problem.recover(solution.W)
         certificate = certify_solution(
             problem,

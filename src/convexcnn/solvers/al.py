@@ -57,7 +57,8 @@ class AugmentedLagrangian:
         sigma_growth: σ ← σ·growth after an outer iteration whose inner solve took ≤ 10
             Newton steps (√growth for ≤ 25; unchanged above; ÷growth and the step is retried
             when the inner solve failed); σ ≤ ``sigma_max``·σ₀.
-        verbose: print one line per outer iteration.
+        inner_rtol: inner solves stop when √(σ·Newton decrement²) ≤ inner_rtol·‖x⁺ − x‖.
+        verbose: print one line per outer iteration (2: also per Newton step).
     """
 
     tol: float | None = None
@@ -67,6 +68,7 @@ class AugmentedLagrangian:
     sigma: float | None = None
     sigma_growth: float = 10.0
     sigma_max: float = 1e16
+    inner_rtol: float = 0.1
     verbose: bool | int = False
     name: str = field(default="al", init=False)
 
@@ -204,7 +206,6 @@ class _Run:
         done = False
         for outer in range(cfg.max_iter):
             psi, grad, w = self.evaluate(xi, sigma)
-            Fx = p.predict(self.x)
             steps, solved = 0, False
             for _ in range(cfg.max_newton + 1):
                 # certificate at the current inner iterate (valid at any ξ; w is feasible)
@@ -217,13 +218,19 @@ class _Run:
                 if gap <= self.tol:
                     done = True
                     break
-                # SSNAL-style inner tolerance, relative to the outer step in prediction space
-                if steps > 0 and float(grad.norm()) <= 0.2 * float((Fw - Fx).norm()):
-                    solved = True
-                    break
                 if steps == cfg.max_newton or time.perf_counter() - self.start > timer.seconds:
                     break
                 d = self.newton_direction(grad, sigma)
+                # inner tolerance (SSNAL criterion B): the Newton decrement λ² = ∇ψᵀH⁻¹∇ψ
+                # ≈ 2(ψ − min ψ) bounds the error of the proximal step, ‖w − ŵ‖ ≲ √(σλ²);
+                # ask it to be a small fraction of the step ‖w − x‖ (affine invariant, unlike
+                # ‖∇ψ‖, which the stiff directions of H dominate)
+                decrement = -float((grad * d).sum())
+                if math.sqrt(max(sigma * decrement, 0.0)) <= cfg.inner_rtol * float(
+                    (w - self.x).norm()
+                ):
+                    solved = True
+                    break
                 t, psi_t, grad_t, w_t = self.line_search(xi, d, psi, grad, sigma)
                 if t == 0.0:  # no decrease along d (roundoff level): stop this inner solve
                     self.evaluate(xi, sigma)  # restore the prox state at ξ

@@ -9,6 +9,9 @@
    (semismooth Newton; gated or cone-constrained);
 3. otherwise → :class:`~convexcnn.solvers.fista.FISTA` (unconstrained, or cone-constrained with
    per-block projections), else the augmented Lagrangian's generic fallback.
+
+When the first-order solver stops without a certificate (e.g. its time limit) and the program
+fits the exact solver's size limit, the exact solver finishes the job.
 """
 
 from __future__ import annotations
@@ -63,7 +66,26 @@ class AutoSolver:
         return AugmentedLagrangian(tol=self.tol, time_limit=self.time_limit, verbose=self.verbose)
 
     def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
+        """Solve with :meth:`choose`'s solver; when a first-order solver ends without a
+        certificate ("optimal") and the exact program is within the exact solver's size
+        limit, solve it exactly as well and return the better-certified of the two."""
         solver = self.choose(problem)
         solution: ConvexSolution = solver.solve(problem, warm_start)
         solution.info["auto_choice"] = solver.name
-        return solution
+        if solution.status == "optimal" or isinstance(solver, ExactSolver):
+            return solution
+        exact = ExactSolver(verbose=self.verbose)
+        try:
+            exact.check_size(problem)
+        except (ValueError, NotImplementedError):
+            return solution
+        fallback: ConvexSolution = exact.solve(problem)
+        fallback.info["auto_choice"] = f"{solver.name}, then exact"
+        fallback.info["first_order"] = {
+            "status": solution.status,
+            "objective": solution.objective,
+            "gap": solution.info.get("gap"),
+            "solve_time": solution.solve_time,
+        }
+        fallback.solve_time += solution.solve_time
+        return fallback

@@ -57,10 +57,11 @@ def supports_cone_prox(problem: ConvexProblem) -> bool:
 
 
 def block_matrix(ops: Any, block: int, size: int, like: torch.Tensor) -> torch.Tensor:
-    """G_b as a dense (rows, size) matrix, column q = G_b e_q."""
+    """G_b as a dense (rows, size) matrix, column q = G_b e_q (``ops.apply`` per block, or
+    one block holding all of W for the dense fallback)."""
     basis = torch.eye(size, dtype=like.dtype, device=like.device)
-    idx = torch.full((size,), block, dtype=torch.long, device=like.device)
-    return ops.apply(idx, basis).T
+    idx = torch.full((1,), block, dtype=torch.long, device=like.device)
+    return torch.cat([ops.apply(idx, basis[q : q + 1]) for q in range(size)]).T
 
 
 def project_onto_cone(

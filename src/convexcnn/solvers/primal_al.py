@@ -43,6 +43,7 @@ import torch
 
 from ..memory import MemoryLimitError, available_memory, format_bytes
 from ..problems.base import ConvexProblem
+from .cones import block_matrix, project_onto_cone
 from .duality import relative_gap, scaled_dual_value
 from .fista import (
     ProxGradStep,
@@ -245,28 +246,6 @@ class _PenaltyTerm:
         return value, grad.view(W.shape)
 
 
-def project_onto_cone(G: np.ndarray, w: np.ndarray, *, max_rounds: int = 50) -> np.ndarray:
-    """Euclidean projection of w onto {z : G z ≥ 0}: z = w + G_Rᵀα with α ≥ 0 the NNLS
-    solution min ‖G_Rᵀα + w‖ over the rows R violated so far (grown until none is)."""
-    from scipy.optimize import nnls
-
-    g = G @ w
-    rows = np.flatnonzero(g < 0)
-    z = w
-    for _ in range(max_rounds):
-        if rows.size == 0:
-            return z
-        GR = G[rows]
-        alpha, _ = nnls(GR.T, -w, maxiter=50 * max(10, rows.size))
-        z = w + GR.T @ alpha
-        gz = G @ z
-        new = np.setdiff1d(np.flatnonzero(gz < 0), rows)
-        if new.size == 0:
-            return z
-        rows = np.union1d(rows, new)
-    return z
-
-
 def repair(problem: ConvexProblem, ops: BlockConstraints, W: torch.Tensor, size: int) -> int:
     """Project every violating block of W (in place) onto its cone; returns how many."""
     Wb = W.view(-1, size)
@@ -275,14 +254,12 @@ def repair(problem: ConvexProblem, ops: BlockConstraints, W: torch.Tensor, size:
         return 0
     g = ops.apply(nz, Wb[nz])
     bad = ((g < 0).any(dim=1)).nonzero().flatten()
-    basis = torch.eye(size, dtype=W.dtype, device=W.device)
     for j in bad.tolist():
-        b = nz[j : j + 1]
-        w = Wb[b].reshape(-1)
-        # G_b column by column: column q = G_b e_q
-        Gb = torch.cat([ops.apply(b, basis[q : q + 1]) for q in range(size)]).T
-        z = project_onto_cone(Gb.cpu().numpy(), w.cpu().numpy())
-        Wb[b] = torch.as_tensor(z, dtype=W.dtype, device=W.device).view(1, -1)
+        b = int(nz[j])
+        w = Wb[b]
+        G = block_matrix(ops, b, size, W)
+        z, _, _ = project_onto_cone(G.cpu().numpy(), w.cpu().numpy())
+        Wb[b] = torch.as_tensor(z, dtype=W.dtype, device=W.device)
     return int(bad.numel())
 
 
