@@ -120,7 +120,7 @@ def test_block_maps_and_penalty_match_dense_formulas() -> None:
     )
     torch.testing.assert_close(grad, expected.reshape(-1, problem.h))
     lam2 = lam.clone()
-    mu, viol, comp = ops.update(blocks, Wb, lam2, rho)
+    _, viol, comp = ops.update(blocks, Wb, lam2, rho)
     torch.testing.assert_close(lam2, z)
     assert viol == pytest.approx(float((-g).clamp_min(0).max()))
     assert comp == pytest.approx(float((z * g).sum()))
@@ -192,7 +192,7 @@ def test_memory_estimate_and_recompute_path() -> None:
     est = two_layer_estimate(1000, 36, 9, 2000, 1, dtype=torch.float64)
     assert est.items["A_i (precomputed)"] == 2000 * 1000 * 9 * 8
     assert est.items["masks"] == 2000 * 1000 * 36
-    with pytest.raises(MemoryLimitError, match="fewer patterns.*float32.*chunk size.*stride"):
+    with pytest.raises(MemoryLimitError, match=r"fewer patterns.*float32.*chunk size.*stride"):
         check_fits(est, limit=1000)
     problem = make_problem((9, 7), 3, 20)
     small = two_layer_estimate(9, 5, 3, problem.P, 1, precompute=False)

@@ -122,19 +122,23 @@ class ConeProjector:
         return self._rows_of(blocks, rows) * valid[..., None].to(self.dtype)
 
     def _solve_ls(self, G: torch.Tensor, w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """s = argmin ‖w + G_Sᵀs‖ over the valid rows S (0 elsewhere), (B, cap)."""
+        """s = argmin ‖w + G_Sᵀs‖ over the valid rows S (0 elsewhere), (B, cap); the small
+        systems are solved in float64 whatever the working dtype (float32 would leave active
+        rows violated at ~1e-4)."""
         cap = G.shape[1]
-        fv = valid.to(self.dtype)
-        Gv = G * fv[..., None]
+        fv = valid.to(torch.float64)
+        Gv = G.to(torch.float64) * fv[..., None]
         Q = Gv @ Gv.transpose(1, 2)
         scale = Q.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-300)
-        eye = torch.eye(cap, dtype=self.dtype, device=self.device)
+        eye = torch.eye(cap, dtype=torch.float64, device=self.device)
         Q = Q + eye * ((1 - fv) + 1e-13)[:, None, :] * scale[:, None, None]
-        rhs = -(Gv @ w[..., None])
+        rhs = -(Gv @ w.to(torch.float64)[..., None])
         L, info = torch.linalg.cholesky_ex(Q)
         if bool((info == 0).all()):
-            return torch.cholesky_solve(rhs, L)[..., 0] * fv
-        return torch.linalg.solve(Q, rhs)[..., 0] * fv
+            out = torch.cholesky_solve(rhs, L)[..., 0] * fv
+        else:
+            out = torch.linalg.lstsq(Q, rhs).solution[..., 0] * fv
+        return out.to(self.dtype)
 
     def _prune_positive(
         self, G: torch.Tensor, w: torch.Tensor, valid: torch.Tensor
@@ -219,8 +223,10 @@ class ConeProjector:
         thr = Wb.new_full((B,), -1.0)
         if threshold is not None:
             thr = torch.as_tensor(threshold, dtype=Wb.dtype, device=dev).expand(B).clone()
-        eps = torch.finfo(self.dtype).eps
-        tol = 1e5 * eps * Wb.norm(dim=1) * self.row_norm_max()
+        # feasibility tolerance relative to ‖w‖·max‖row‖: 1e-11 (float64), 1e-6 (float32)
+        tol = (
+            (1e-11 if self.dtype == torch.float64 else 1e-6) * Wb.norm(dim=1) * self.row_norm_max()
+        )
         lowest = Wb.new_zeros((B,))
         if rows.shape[1] < cap:  # warm-start sets from callers that keep h slots
             pad = cap - rows.shape[1]

@@ -39,6 +39,7 @@ from .duality import relative_gap, scaled_dual_value
 from .fista import default_tol, exact_violation, resolve_warm_start
 from .result import ConvexSolution, History
 from .stopping import IterationState, MaxIterations, TimeLimit
+from .threads import solver_threads
 
 __all__ = ["AugmentedLagrangian"]
 
@@ -70,9 +71,15 @@ class AugmentedLagrangian:
     sigma_max: float = 1e16
     inner_rtol: float = 0.1
     verbose: bool | int = False
+    threads: int | None = None
     name: str = field(default="al", init=False)
 
     def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
+        """Solve ``problem`` (from ``warm_start``: a ConvexSolution or W of the same program)."""
+        with solver_threads(problem, self.threads):
+            return self._solve(problem, warm_start)
+
+    def _solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
         """Minimize ℓ(𝒜W) + βρ(W) (s.t. 𝒢W ≥ 0); "optimal" only when the gap rule fired."""
         if not isinstance(problem.loss, SquaredLoss):
             raise ValueError(
@@ -215,7 +222,7 @@ class _Run:
                     best_x, best_obj = w, obj_w
                 best_lower = max(best_lower, self.lower_bound(xi))
                 gap = relative_gap(best_obj, best_lower)
-                if gap <= self.tol:
+                if abs(gap) <= self.tol:  # a gap below −tol would mean an infeasible W
                     done = True
                     break
                 if steps == cfg.max_newton or time.perf_counter() - self.start > timer.seconds:

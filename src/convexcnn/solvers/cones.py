@@ -202,14 +202,16 @@ class ConeProx(GroupProx):
         """P_S = I − G_Sᵀ(G_S G_Sᵀ)⁺G_S on the kept blocks' active rows."""
         blocks = self.kept
         G = self.ops._active_rows(blocks, self.rows[blocks], self.valid[blocks])
-        fv = self.valid[blocks].to(G.dtype)
+        dtype = G.dtype
+        G = G.to(torch.float64)  # small systems in float64 (as the projection)
+        fv = self.valid[blocks].to(torch.float64)
         Q = G @ G.transpose(1, 2)
         scale = Q.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-300)
-        eye_c = torch.eye(G.shape[1], dtype=G.dtype, device=G.device)
+        eye_c = torch.eye(G.shape[1], dtype=torch.float64, device=G.device)
         Q = Q + eye_c * ((1 - fv) + 1e-13)[:, None, :] * scale[:, None, None]
-        X = torch.linalg.solve(Q, G)  # (B, cap, h)
-        eye = torch.eye(self.size, dtype=G.dtype, device=G.device)
-        return eye - G.transpose(1, 2) @ X
+        X = torch.linalg.lstsq(Q, G).solution  # (B, cap, h)
+        eye = torch.eye(self.size, dtype=torch.float64, device=G.device)
+        return (eye - G.transpose(1, 2) @ X).to(dtype)
 
     def _fallback(
         self,

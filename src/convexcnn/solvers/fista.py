@@ -33,6 +33,7 @@ from .cones import ConeProx, block_operators, supports_cone_prox
 from .duality import relative_gap, scaled_dual_value
 from .result import ConvexSolution, History
 from .stopping import GradientMapping, IterationState, StoppingRule, default_rule
+from .threads import solver_threads
 
 __all__ = ["FISTA", "ProxGradStep", "SmoothTerm", "accelerated_proximal_gradient", "default_tol"]
 
@@ -197,6 +198,7 @@ class FISTA:
     stopping: StoppingRule | None = None
     verbose: bool = False
     log_every: int = 200
+    threads: int | None = None
     name: str = field(default="fista", init=False)
 
     def rule(self, dtype: torch.dtype) -> StoppingRule:
@@ -210,6 +212,11 @@ class FISTA:
         return rule
 
     def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
+        """Solve ``problem`` (from ``warm_start``: a ConvexSolution or W of the same program)."""
+        with solver_threads(problem, self.threads):
+            return self._solve(problem, warm_start)
+
+    def _solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
         """Minimize ℓ(𝒜W) + βρ(W) (s.t. 𝒢W ≥ 0); "optimal" only when the gap rule fired."""
         cone: ConeProx | None = None
         if problem.has_constraints:

@@ -54,6 +54,7 @@ from .fista import (
 )
 from .result import ConvexSolution, History
 from .stopping import IterationState, MaxIterations, TimeLimit
+from .threads import solver_threads
 
 __all__ = [
     "BlockConstraints",
@@ -205,7 +206,7 @@ class MultiplierStore:
         if idx is None:
             idx = torch.zeros((block_axes, 0), dtype=torch.long, device=self.device)
         values = self.lam.reshape((len(self), *shape[block_axes:]))
-        return torch.sparse_coo_tensor(idx, values, shape).coalesce()
+        return torch.sparse_coo_tensor(idx, values, shape, check_invariants=False).coalesce()
 
 
 class _PenaltyTerm:
@@ -287,9 +288,15 @@ class PrimalAugmentedLagrangian:
     repair: bool = True
     verbose: bool = False
     multiplier_memory: int | None = None
+    threads: int | None = None
     name: str = field(default="al-primal", init=False)
 
     def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
+        """Solve ``problem`` (from ``warm_start``: a ConvexSolution or W of the same program)."""
+        with solver_threads(problem, self.threads):
+            return self._solve(problem, warm_start)
+
+    def _solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
         """Minimize ℓ(𝒜W) + βρ(W) s.t. 𝒢W ≥ 0; status "optimal" only when the gap rule fired
         on a feasible (repaired) W."""
         if not problem.has_constraints:

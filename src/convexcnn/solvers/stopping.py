@@ -81,13 +81,14 @@ class AnyOf(StoppingRule):
 
 @dataclass(frozen=True)
 class DualityGap(StoppingRule):
-    """Relative duality gap ≤ ``tol`` with violation ≤ ``max_violation`` → "optimal"."""
+    """|relative duality gap| ≤ ``tol`` with violation ≤ ``max_violation`` → "optimal" (a gap
+    below −tol can only come from an infeasible iterate and never counts)."""
 
     tol: float = 1e-6
     max_violation: float = math.inf
 
     def check(self, state: IterationState) -> str | None:
-        if state.gap <= self.tol and state.violation <= self.max_violation:
+        if abs(state.gap) <= self.tol and state.violation <= self.max_violation:
             return "optimal"
         return None
 
