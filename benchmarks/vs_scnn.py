@@ -216,9 +216,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         target = theirs[0]["objective"]
         viol = theirs[0]["max_violation"]
         t_theirs = median([r["seconds"] for r in theirs])
-        limit = max(10.0, 5 * t_theirs)  # enough to measure a ratio up to 5
+        budget = max(10.0, 5 * t_theirs)  # enough to measure a ratio up to 5
         ours = [
-            run_ours(formulation, Xt, yt, patterns, target, viol, limit) for _ in range(repeats)
+            run_ours(formulation, Xt, yt, patterns, target, viol, budget) for _ in range(repeats)
         ]
         t_ours = median([r["time_to_target"] for r in ours])
         ratio = t_ours / t_theirs if math.isfinite(t_ours) else math.nan
