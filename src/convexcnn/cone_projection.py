@@ -24,14 +24,30 @@ import torch
 
 from .memory import DEFAULT_CHUNK_BYTES, MemoryEstimate, check_fits
 
-__all__ = ["ConeProjection", "ConeProjector", "DenseBlockOperators", "group_l2_blocks"]
+__all__ = [
+    "ConeProjection",
+    "ConeProjector",
+    "DenseBlockOperators",
+    "active_slots",
+    "group_l2_blocks",
+]
+
+#: Screened candidate rows per block before falling back to checking every row.
+ROW_CAP = 2048
+#: Extra active-row slots beyond h (dependent rows of degenerate data).
+EXTRA_SLOTS = 4
+
+
+def active_slots(size: int) -> int:
+    """Active-row slots per block in the projection: size + EXTRA_SLOTS."""
+    return size + EXTRA_SLOTS
 
 
 @dataclass
 class ConeProjection:
     """Batched projections z_b = Π_{K_b}(w_b) = w_b + G_Sᵀα_b (S: active rows).
 
-    ``Z`` (B, h); ``rows``/``valid`` (B, 2h) the active rows; ``alpha`` (B, 2h) their
+    ``Z`` (B, h); ``rows``/``valid`` (B, h+4) the active rows; ``alpha`` (B, h+4) their
     multipliers (≥ 0); ``failed`` (B,) blocks not finished; ``lowest`` (B,) min_r (G_b z_b)_r;
     ``below`` (B,) blocks stopped early because ‖Π_K(w_b)‖ ≤ ‖z_b‖ ≤ threshold (z_b is then
     an upper-bound witness w + G_Sᵀα with α ≥ 0, not the projection).
@@ -189,7 +205,7 @@ class ConeProjector:
         *,
         threshold: torch.Tensor | float | None = None,
         max_steps: int | None = None,
-        row_cap: int = 512,
+        row_cap: int = ROW_CAP,
     ) -> ConeProjection:
         """Euclidean projections z_b = Π_{K_b}(w_b) onto K_b = {z : G_b z ≥ 0}, batched.
 
@@ -204,12 +220,12 @@ class ConeProjector:
         ‖Π(w) − w‖ ≤ ‖w − z₀‖ =: r, so only rows with (G_b w)_r < ‖x_r‖·r can be violated at
         the projection; the steps check those rows only (``row_cap`` per block, else all).
 
-        Active sets have 2h slots (rows of degenerate data can be dependent).
+        Active sets have h + 4 slots (rows of degenerate data can be dependent).
         Returns a :class:`ConeProjection`; ``failed`` marks blocks not finished within
         ``max_steps`` steps (the caller projects those another way).
         """
         B, h = Wb.shape
-        cap = 2 * h  # > h: degenerate data can have dependent active rows
+        cap = active_slots(h)  # > h: degenerate data can have dependent active rows
         dev = Wb.device
         if rows is None or valid is None:
             rows = torch.zeros((B, cap), dtype=torch.long, device=dev)
@@ -266,6 +282,8 @@ class ConeProjector:
         if todo.numel():
             c_t, ok_t, over_t = self._screen(blocks[todo], sub, radius * (1 + 1e-9), row_cap)
             cand[todo], cand_ok[todo], overflow[todo] = c_t, ok_t, over_t
+        used = max(1, int(cand_ok.sum(dim=1).max())) if B else 1
+        cand, cand_ok = cand[:, :used], cand_ok[:, :used]  # checks gather only used columns
         steps = max_steps if max_steps is not None else 4 * cap
         for _ in range(steps):
             if todo.numel() == 0:

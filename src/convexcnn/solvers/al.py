@@ -58,7 +58,8 @@ class AugmentedLagrangian:
         sigma_growth: σ ← σ·growth after an outer iteration whose inner solve took ≤ 10
             Newton steps (√growth for ≤ 25; unchanged above; ÷growth and the step is retried
             when the inner solve failed); σ ≤ ``sigma_max``·σ₀.
-        inner_rtol: inner solves stop when √(σ·Newton decrement²) ≤ inner_rtol·‖x⁺ − x‖.
+        inner_rtol: an inner solve stops when √(σ·Newton decrement²) ≤ inner_rtol·‖x⁺ − x‖
+            or ‖∇ψ‖ ≤ 2·inner_rtol·‖𝒜(x⁺ − x)‖.
         verbose: print one line per outer iteration (2: also per Newton step).
     """
 
@@ -213,6 +214,7 @@ class _Run:
         done = False
         for outer in range(cfg.max_iter):
             psi, grad, w = self.evaluate(xi, sigma)
+            Fx = p.predict(self.x)
             steps, solved = 0, False
             for _ in range(cfg.max_newton + 1):
                 # certificate at the current inner iterate (valid at any ξ; w is feasible)
@@ -233,9 +235,12 @@ class _Run:
                 # ask it to be a small fraction of the step ‖w − x‖ (affine invariant, unlike
                 # ‖∇ψ‖, which the stiff directions of H dominate)
                 decrement = -float((grad * d).sum())
-                if math.sqrt(max(sigma * decrement, 0.0)) <= cfg.inner_rtol * float(
-                    (w - self.x).norm()
-                ):
+                step = float((w - self.x).norm())
+                if math.sqrt(max(sigma * decrement, 0.0)) <= cfg.inner_rtol * step:
+                    solved = True
+                    break
+                # ... or the residual ‖∇ψ‖ is small next to the step in prediction space
+                if steps > 0 and float(grad.norm()) <= 2 * cfg.inner_rtol * float((Fw - Fx).norm()):
                     solved = True
                     break
                 t, psi_t, grad_t, w_t = self.line_search(xi, d, psi, grad, sigma)

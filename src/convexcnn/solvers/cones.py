@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cone_projection import ConeProjector, DenseBlockOperators, group_l2_blocks
+from ..cone_projection import ConeProjector, DenseBlockOperators, active_slots, group_l2_blocks
 from ..problems.base import ConvexProblem
 
 __all__ = [
@@ -147,7 +147,7 @@ class ConeProx(GroupProx):
         super().__init__(problem)
         self.ops: Any = block_operators(problem) if ops is None else ops
         dev = problem.targets.device
-        slots = 2 * self.size  # active-row slots per block (as ops.project)
+        slots = active_slots(self.size)  # active-row slots per block (as ops.project)
         self.rows = torch.zeros((self.n_blocks, slots), dtype=torch.long, device=dev)
         self.valid = torch.zeros((self.n_blocks, slots), dtype=torch.bool, device=dev)
         self.alpha = torch.zeros((self.n_blocks, slots), dtype=problem.targets.dtype, device=dev)
