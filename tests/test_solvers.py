@@ -25,7 +25,6 @@ from convexcnn.solvers import (
     get_solver,
 )
 from convexcnn.solvers.duality import scaled_dual_value
-from convexcnn.solvers.primal_al import PrimalAugmentedLagrangian
 from convexcnn.solvers.stopping import AnyOf, IterationState
 
 REFERENCE_SUM_POOLING = 1.533410  # REFERENCE_VALUES: n=8, d=6, h=2, β=0.1, seed 1
@@ -196,15 +195,6 @@ def test_auto_picks_exact_for_tiny_and_al_otherwise(tiny: tuple) -> None:
     sol = AutoSolver(exact_max_rows=0).solve(relu)
     assert sol.info["auto_choice"] == "al"
     assert rel(sol.objective, tiny[2]) <= 1e-6
-
-
-def test_primal_augmented_lagrangian_fallback_is_valid(tiny: tuple) -> None:
-    relu, _, exact, _ = tiny
-    sol = PrimalAugmentedLagrangian(max_iter=4, max_inner=300).solve(relu)
-    assert sol.max_violation <= 1e-12  # repaired onto the cones (roundoff-level)
-    assert rel(relu.recover(sol.W).objective, sol.objective) <= 1e-9
-    assert sol.objective >= exact * (1 - 1e-9)
-    assert sol.info["lower_bound"] <= exact * (1 + 1e-9)
 
 
 def test_bad_inputs_raise_clear_errors(tiny: tuple) -> None:

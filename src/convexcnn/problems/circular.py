@@ -184,6 +184,11 @@ class CircularReLU(ConvexProblem):
         weights = frequency_weights(self.spatial, self.gauge.pair_weight, G.dtype)
         return (mod / weights).flatten(G.ndim - 1).amax(dim=-1) * self.D
 
+    def block_constraint_matrix(self, index: tuple[int, ...]) -> torch.Tensor:
+        """G_b = diag(2d_i − 1)·X (n, C·d) for block (j, s, i): one row per sample."""
+        i = int(index[-1])
+        return self._signs()[i][:, None] * self.X
+
     @property
     def patterns_complete(self) -> bool:
         """True when the pattern set holds every pattern of X (``patterns="enumerate"``)."""

@@ -30,7 +30,7 @@ from ..patches import ResolvedSpec
 from ..patterns import PatternSet
 from .base import ConvexProblem, RecoveredNetwork
 from .registry import FitContext
-from .two_layer import ZERO_BLOCK_RTOL, TwoLayerReLU, network_objective, resolve_patterns
+from .two_layer import TwoLayerReLU, branches_from_blocks, network_objective, resolve_patterns
 
 __all__ = [
     "WindowedSumReLU",
@@ -108,23 +108,6 @@ def pool_windows(
 def window_counts(windows: torch.Tensor, n_positions: int) -> torch.Tensor:
     """count_k: how many windows contain patch k, long (K,)."""
     return torch.bincount(windows.reshape(-1), minlength=n_positions)
-
-
-def branches_from_blocks(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §2.3 for W (c, 2, P, h): every block with ‖c‖ > ZERO_BLOCK_RTOL·max becomes a
-    branch, filter c/√‖c‖ and output weight ±√‖c‖ on its output. Returns filters (m, h) and
-    output weights (c, m)."""
-    norms = W.norm(dim=-1)
-    cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
-    keep = (norms > cutoff).nonzero(as_tuple=False)
-    m = int(keep.shape[0])
-    filters = torch.zeros((m, W.shape[-1]), dtype=W.dtype, device=W.device)
-    out = torch.zeros((W.shape[0], m), dtype=W.dtype, device=W.device)
-    for b, (j, s, i) in enumerate(keep.tolist()):
-        r = norms[j, s, i].sqrt()
-        filters[b] = W[j, s, i] / r
-        out[j, b] = r if s == 0 else -r
-    return filters, out
 
 
 class WindowedSumReLU(TwoLayerReLU):

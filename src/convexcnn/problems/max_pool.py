@@ -38,9 +38,9 @@ from ..max_patterns import (
 from ..networks import PooledCNN
 from ..patches import PatchSpec, ResolvedSpec, as_signal_batch, extract_patches
 from .base import ConvexProblem, RecoveredNetwork
-from .local_pool import branches_from_blocks, pool_windows, resolve_pool_geometry
+from .local_pool import pool_windows, resolve_pool_geometry
 from .registry import FitContext
-from .two_layer import group_soft_threshold, network_objective
+from .two_layer import branches_from_blocks, group_soft_threshold, network_objective
 
 __all__ = ["MaxPoolReLU", "build", "max_patterns", "max_pool_windows"]
 
@@ -241,7 +241,7 @@ class MaxPoolReLU(ConvexProblem):
         net.set_weights(filters, out)
         value = network_objective(net, self.inputs, self.targets, self.loss, self.beta)
         info = {"pool_size": self.pool_size, "pool_stride": self.pool_stride}
-        return RecoveredNetwork(net, value, int(filters.shape[0]), info=info)
+        return RecoveredNetwork(net, value, int((out != 0).any(dim=0).sum()), info=info)
 
     # ----- exact-solver hooks --------------------------------------------------------
     def cvxpy_size(self) -> dict[str, int]:

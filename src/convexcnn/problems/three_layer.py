@@ -451,6 +451,8 @@ class ThreeLayerReLU(ConvexProblem):
         norms = self.block_norms(W)  # (c, 2, T)
         cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
         keep = (norms > cutoff).nonzero(as_tuple=False)
+        if keep.shape[0] == 0:  # all-zero W: one zero branch (torch has no zero-width layers)
+            keep = torch.zeros((1, 3), dtype=torch.long, device=W.device)
         m = int(keep.shape[0])
         j, s, tau = keep[:, 0], keep[:, 1], keep[:, 2]
         C = W[j, s, tau]  # (m, m1, h)

@@ -26,7 +26,13 @@ from ..patterns import PatternSet, sample_patch_patterns
 from .base import ConvexProblem, RecoveredNetwork
 from .registry import FitContext
 
-__all__ = ["TwoLayerReLU", "build", "group_soft_threshold", "network_objective"]
+__all__ = [
+    "TwoLayerReLU",
+    "branches_from_blocks",
+    "build",
+    "group_soft_threshold",
+    "network_objective",
+]
 
 #: Blocks with ‖c‖ ≤ this fraction of the largest block are treated as zero by recovery.
 ZERO_BLOCK_RTOL = 1e-10
@@ -172,23 +178,16 @@ class TwoLayerReLU(ConvexProblem):
     # ----- recovery -------------------------------------------------------------------
     def recover(self, W: torch.Tensor) -> RecoveredNetwork:
         """Each nonzero block c → filter c/√‖c‖, output weight ±√‖c‖ (SPEC §2.3)."""
-        norms = W.norm(dim=-1)  # (c, 2, P)
-        cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
-        keep = (norms > cutoff).nonzero(as_tuple=False)  # rows (j, s, i)
-        m = int(keep.shape[0])
-        filters = torch.zeros((m, self.h), dtype=W.dtype)
-        out = torch.zeros((self.c, m), dtype=W.dtype)
-        for b, (j, s, i) in enumerate(keep.tolist()):
-            r = norms[j, s, i].sqrt()
-            filters[b] = W[j, s, i] / r
-            out[j, b] = r if s == 0 else -r
+        filters, out = branches_from_blocks(W)
+        m = int(filters.shape[0])
         net = TwoLayerCNN(
             self.in_channels, m, self.spec, pooling=self.pooling, n_outputs=self.c
         ).to(W.dtype)
         net.set_weights(filters, out)
         value = network_objective(net, self.inputs, self.targets, self.loss, self.beta)
         gated_note = {"gated": True} if self.gated else {}
-        return RecoveredNetwork(net, value, m, info=gated_note)
+        live = int((out != 0).any(dim=0).sum())
+        return RecoveredNetwork(net, value, live, info=gated_note)
 
     # ----- exact-solver hooks --------------------------------------------------------
     def cvxpy_size(self) -> dict[str, int]:
@@ -347,3 +346,21 @@ def resolve_patterns(context: FitContext) -> PatternSet:
     if len(pattern_set) == 0:
         raise ValueError("the pattern set is empty (every filter gave the all-zero pattern)")
     return pattern_set
+
+
+def branches_from_blocks(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §2.3 for W (c, 2, P, h): every block with ‖c‖ > ZERO_BLOCK_RTOL·max becomes a
+    branch, filter c/√‖c‖ and output weight ±√‖c‖ on its output. Returns filters (m, h) and
+    output weights (c, m); an all-zero W gives one zero branch (m = 1: torch has no
+    zero-width layers), whose network outputs 0 at no weight-decay cost."""
+    norms = W.norm(dim=-1)
+    cutoff = ZERO_BLOCK_RTOL * float(norms.max()) if norms.numel() else 0.0
+    keep = (norms > cutoff).nonzero(as_tuple=False)
+    m = max(1, int(keep.shape[0]))
+    filters = torch.zeros((m, W.shape[-1]), dtype=W.dtype, device=W.device)
+    out = torch.zeros((W.shape[0], m), dtype=W.dtype, device=W.device)
+    for b, (j, s, i) in enumerate(keep.tolist()):
+        r = norms[j, s, i].sqrt()
+        filters[b] = W[j, s, i] / r
+        out[j, b] = r if s == 0 else -r
+    return filters, out

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .admm import ADMM
 from .al import AugmentedLagrangian
 from .auto import AutoSolver
 from .exact import ExactSolver, ProblemTooLargeError
 from .fista import FISTA
 from .result import ConvexSolution, History
 from .stopping import DualityGap, GradientMapping, MaxIterations, StoppingRule, TimeLimit
+from .working_set import WorkingSetSolver
 
 __all__ = [
+    "ADMM",
     "FISTA",
     "SOLVERS",
     "AugmentedLagrangian",
@@ -29,6 +32,7 @@ __all__ = [
     "ProblemTooLargeError",
     "StoppingRule",
     "TimeLimit",
+    "WorkingSetSolver",
     "get_solver",
 ]
 
@@ -37,6 +41,8 @@ SOLVERS: dict[str, Any] = {
     "exact": ExactSolver,
     "fista": FISTA,
     "al": AugmentedLagrangian,
+    "admm": ADMM,
+    "working_set": WorkingSetSolver,
     "auto": AutoSolver,
 }
 

@@ -19,8 +19,8 @@ Certificate (SPEC §2.4): with V = −ξ and μ_b = G_bᵀλ_b from the prox's p
 ‖(𝒜ᵀV + μ)_b‖ ≤ β + ‖x⁺_b − x_b‖/σ; scaling V into feasibility gives the lower bound.
 
 Newton needs ∇²h*: implemented for the squared loss (h* (ξ) = ½‖ξ‖² + ⟨ξ, Y⟩). Other losses:
-use ``solver="fista"``. Constrained programs without per-block projections fall back to the
-primal augmented Lagrangian (:mod:`.primal_al`).
+use ``solver="fista"``. Constrained programs whose regularizer is not group ℓ2 over blocks (the
+circular CNN's spectral ℓ1) are handed to :class:`~convexcnn.solvers.admm.ADMM`.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ class AugmentedLagrangian:
         ops = block_operators(problem)
         if ops is None:
             if problem.has_constraints:
-                from .primal_al import PrimalAugmentedLagrangian
+                from .admm import ADMM
 
-                fallback = PrimalAugmentedLagrangian(
+                fallback = ADMM(
                     tol=self.tol, time_limit=self.time_limit, verbose=bool(self.verbose)
                 )
                 return fallback.solve(problem, warm_start)

@@ -1,0 +1,129 @@
+"""ADMM (slack splitting) for constrained programs whose prox has no closed form (circular CNNs),
+and the first-order path for max pooling (dual AL over dense block operators)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from convexcnn import fit
+from convexcnn.data import load_digits_binary
+from convexcnn.solvers import ADMM
+from convexcnn.solvers.admm import _Run
+from test_circular import all_patterns, instance
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-300)
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_admm_matches_exact_on_circular_with_all_patterns(depth: int) -> None:
+    X, y = instance(6, 6, 3)
+    patterns = all_patterns(X)
+    kw = dict(architecture="circular", pooling="none", beta=0.05, patterns=patterns, depth=depth)
+    exact = fit(X, y, solver="exact", **kw)  # type: ignore[arg-type]
+    admm = fit(X, y, solver="admm", solver_options={"tol": 1e-8}, **kw)  # type: ignore[arg-type]
+    sol = admm.solution
+    assert sol.status == "optimal"
+    assert sol.info["solver"] == "admm"
+    assert sol.info["gap"] <= 1e-8
+    assert sol.info["lower_bound"] <= exact.objective * (1 + 1e-7)
+    assert rel(admm.objective, exact.objective) <= 1e-6
+    assert sol.max_violation <= 1e-10
+    assert rel(admm.network_objective, admm.objective) <= 1e-6
+    assert admm.network.max_filter_norm() <= 1 + 1e-9
+
+
+def test_al_hands_circular_programs_to_admm_on_digits() -> None:
+    data = load_digits_binary()
+    X, y = data.X_train[:30], data.y_train[:30]
+    kw = dict(architecture="circular", pooling="none", beta=0.1, patterns=10, certificate_starts=0)
+    exact = fit(X, y, solver="exact", **kw)  # type: ignore[arg-type]
+    al = fit(X, y, solver="al", **kw)  # type: ignore[arg-type]
+    assert al.solution.info["solver"] == "admm"
+    assert al.status == "optimal"
+    assert rel(al.objective, exact.objective) <= 1e-6
+    assert rel(al.network_objective, al.objective) <= 1e-6
+
+
+@pytest.mark.parametrize(("architecture", "pooling"), [("two_layer", "sum"), ("circular", None)])
+def test_w_step_solves_its_normal_equations(architecture: str, pooling: str | None) -> None:
+    data = load_digits_binary()
+    X, y = data.X_train[:20], data.y_train[:20]
+    problem = fit(
+        X,
+        y,
+        architecture=architecture,
+        pooling=pooling,
+        patterns=4,
+        solver="admm",
+        solver_options={"max_iter": 1},
+        certificate_starts=0,
+    ).problem
+    run = _Run(ADMM(), problem, None)
+    gen = torch.Generator().manual_seed(0)
+    run.Z = torch.randn(run.Z.shape, generator=gen, dtype=run.Z.dtype)
+    run.U = torch.randn(run.U.shape, generator=gen, dtype=run.U.dtype)
+    assert run.S is not None and run.rows is not None
+    run.S = torch.rand(run.S.shape, generator=gen, dtype=run.S.dtype)
+    run.US = -torch.rand(run.S.shape, generator=gen, dtype=run.S.dtype)
+    rho = 0.37
+    W, AW = run.w_step(rho)
+    grad = (
+        problem.predict_adjoint(problem.predict(W) - problem.targets)
+        + rho * (W - run.Z + run.U)
+        + rho * run.rows.adjoint(run.rows.apply(W) - run.S + run.US)
+    )
+    assert float(grad.norm()) <= 1e-8 * float(problem.predict_adjoint(problem.targets).norm())
+    assert torch.allclose(AW, problem.predict(W), rtol=1e-10, atol=1e-10)
+    L = torch.randn(run.S.shape, generator=gen, dtype=run.S.dtype)
+    Wr = torch.randn(W.shape, generator=gen, dtype=W.dtype)
+    lhs = float((run.rows.apply(Wr) * L).sum())
+    rhs = float((Wr * run.rows.adjoint(L)).sum())
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+    scaled = run.rows.apply(Wr) * run.rows.g
+    assert torch.allclose(scaled.flatten(), problem.constraint(Wr).flatten(), atol=1e-10)
+
+
+def test_max_pooling_with_the_first_order_al_solver_matches_exact() -> None:
+    data = load_digits_binary()
+    X, y = data.X_train[:40], data.y_train[:40]
+    kw = dict(pooling="max", beta=1e-3, patterns=20, certificate_starts=0)
+    exact = fit(X, y, solver="exact", **kw)  # type: ignore[arg-type]
+    al = fit(X, y, solver="al", **kw)  # type: ignore[arg-type]
+    assert al.solution.info["solver"] == "al"
+    assert al.status == "optimal"
+    assert rel(al.objective, exact.objective) <= 1e-6
+    assert al.solution.max_violation <= 1e-10
+    assert rel(al.network_objective, al.objective) <= 1e-6
+
+
+def test_admm_refuses_other_losses_and_bad_relaxation() -> None:
+    X, y = instance(6, 6, 3)
+    kw = dict(architecture="circular", pooling="none", patterns=4, certificate_starts=0)
+    with pytest.raises(ValueError, match="loss"):
+        fit(X, np.sign(y), loss="logistic", solver="admm", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="relaxation"):
+        fit(X, y, solver="admm", solver_options={"relaxation": 2.5}, **kw)  # type: ignore[arg-type]
+
+
+def test_all_zero_solution_recovers_to_a_zero_network() -> None:
+    data = load_digits_binary()
+    X, y = data.X_train[:20], data.y_train[:20]
+    for pooling in ("sum", "max"):
+        problem = fit(X, y, pooling=pooling, patterns=4, certificate_starts=0).problem
+        recovered = problem.recover(problem.zeros())
+        assert recovered.n_branches == 0
+        assert rel(recovered.objective, 0.5 * float((y**2).sum())) <= 1e-12
