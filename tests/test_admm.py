@@ -127,3 +127,12 @@ def test_all_zero_solution_recovers_to_a_zero_network() -> None:
         recovered = problem.recover(problem.zeros())
         assert recovered.n_branches == 0
         assert rel(recovered.objective, 0.5 * float((y**2).sum())) <= 1e-12
+
+
+def test_programs_without_last_axis_blocks_are_refused_by_first_order_solvers() -> None:
+    from _instances import reference_instance
+
+    X, y = reference_instance(6, 4, 0)
+    for solver in ("al", "admm"):
+        with pytest.raises(ValueError, match="use solver='exact'"):
+            fit(X, y, architecture="three_layer", kernel_size=2, patterns=50, solver=solver)

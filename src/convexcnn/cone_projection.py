@@ -435,6 +435,25 @@ class DenseBlockOperators(ConeProjector):
             ]
             self.G = torch.stack([m.to(dtype=self.dtype, device=self.device) for m in mats])
             self._norms = self.G.norm(dim=2)
+            self._check_rows(problem)
+
+    def _check_rows(self, problem: Any) -> None:
+        """The block rows must reproduce ``problem.constraint`` (random W); programs whose
+        constraint blocks are not the rows of W.view(-1, size) raise NotImplementedError."""
+        assert self.G is not None
+        gen = torch.Generator().manual_seed(0)
+        shape = tuple(problem.variable_shape)
+        W = torch.randn(shape, generator=gen, dtype=self.dtype).to(self.device)
+        expected = problem.constraint(W)
+        ok = expected is not None and expected.numel() == self.n_blocks * self.n_rows
+        if ok:
+            rows = torch.einsum("brs,bs->br", self.G, W.reshape(-1, self.size))
+            ok = bool(torch.allclose(rows.reshape(-1), expected.reshape(-1), rtol=1e-9, atol=1e-9))
+        if not ok:
+            raise NotImplementedError(
+                f"{type(problem).__name__}: constraint blocks are not the rows of "
+                f"W.view(-1, {self.size})"
+            )
 
     def block_maps(self, blocks: torch.Tensor) -> torch.Tensor:
         """A_bᵀ of the blocks over the flattened prediction space: (B, size, n·c)."""

@@ -59,8 +59,10 @@ def cone_operators(problem: ConvexProblem) -> Any:
         return DenseBlockOperators(problem)
     except NotImplementedError:
         raise ValueError(
-            f"solver='admm' needs per-block cone matrices (block_constraint_matrix) of "
-            f"{type(problem).__name__}; use solver='exact'"
+            f"the first-order solvers ('al', 'admm') need the cone rows of "
+            f"{type(problem).__name__} block by block "
+            "over the last axis of W (G_b w_b, w_b = W.view(-1, h)[b]); this program's blocks "
+            "are different: use solver='exact'"
         ) from None
 
 
