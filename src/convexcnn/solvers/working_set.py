@@ -6,8 +6,10 @@ Program (squared loss, group ℓ2, per-block cones K_b = {z : G_b z ≥ 0}):
 
 Most of the rows of each G_b (n·K of them for the two-layer program) are inactive at the
 optimum. The solver keeps a working set S of rows per block and solves the relaxed program with
-only those rows, directly through Clarabel's Python API (the CVXPY canonicalization of all
-rows is what makes the plain exact solve slow). Clarabel's variables are
+only those rows, directly through Clarabel's Python API (the interior-point iterations over
+all rows are what make the plain exact solve slow: on benchmark P1 Clarabel itself takes
+19.8 s of CVXPY's 20.5 s; 3 rounds over 9,790 of the 360,000 rows take 1.2 s). Clarabel's
+variables are
 x = [vec W (N), t (one per block), r (n·c)]:
 
     min ½‖r‖² + β Σ_b t_b   s.t.  r − A·vec W = −Y   (zero cone)
