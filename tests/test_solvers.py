@@ -22,6 +22,7 @@ from convexcnn.solvers import (
     GradientMapping,
     MaxIterations,
     TimeLimit,
+    WorkingSetSolver,
     get_solver,
 )
 from convexcnn.solvers.duality import scaled_dual_value
@@ -188,11 +189,16 @@ def test_stopping_rules_compose() -> None:
     )
 
 
-def test_auto_picks_exact_for_tiny_and_al_otherwise(tiny: tuple) -> None:
+def test_auto_picks_exact_for_tiny_working_set_for_small_and_al_otherwise(tiny: tuple) -> None:
     relu = tiny[0]
     assert isinstance(AutoSolver().choose(relu), ExactSolver)
-    assert isinstance(AutoSolver(exact_max_rows=0).choose(relu), AugmentedLagrangian)
+    assert isinstance(AutoSolver(exact_max_rows=0).choose(relu), WorkingSetSolver)
     sol = AutoSolver(exact_max_rows=0).solve(relu)
+    assert sol.info["auto_choice"] == "working_set"
+    assert rel(sol.objective, tiny[2]) <= 1e-6
+    large = AutoSolver(exact_max_rows=0, working_set_max_variables=0)
+    assert isinstance(large.choose(relu), AugmentedLagrangian)
+    sol = large.solve(relu)
     assert sol.info["auto_choice"] == "al"
     assert rel(sol.objective, tiny[2]) <= 1e-6
 

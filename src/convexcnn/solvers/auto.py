@@ -5,10 +5,16 @@
 
 1. ``cvxpy_size()`` within ``exact_max_rows`` constraint rows and ``exact_max_variables``
    variables → :class:`~convexcnn.solvers.exact.ExactSolver`;
-2. squared loss and per-block operators → :class:`~convexcnn.solvers.al.AugmentedLagrangian`
+2. squared loss, cone constraints with per-block projections and at most
+   ``working_set_max_variables`` variables →
+   :class:`~convexcnn.solvers.working_set.WorkingSetSolver` (measured here: P1, 100 images and
+   900 variables, 1.2 s against 48 s for ``al``; max pooling on 249 images, 1800 variables, 8 s
+   against > 300 s for ``al``; at 5400 variables ``al`` was faster, 22 s against 55 s);
+3. squared loss and per-block operators → :class:`~convexcnn.solvers.al.AugmentedLagrangian`
    (semismooth Newton; gated or cone-constrained);
-3. otherwise → :class:`~convexcnn.solvers.fista.FISTA` (unconstrained, or cone-constrained with
-   per-block projections), else the augmented Lagrangian's generic fallback.
+4. otherwise → :class:`~convexcnn.solvers.fista.FISTA` (unconstrained, or cone-constrained with
+   per-block projections), else the augmented Lagrangian, which hands constrained programs
+   without a per-block prox (circular) to :class:`~convexcnn.solvers.admm.ADMM`.
 
 When the first-order solver stops without a certificate (e.g. its time limit) and the program
 fits the exact solver's size limit, the exact solver finishes the job.
@@ -16,6 +22,7 @@ fits the exact solver's size limit, the exact solver finishes the job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +33,7 @@ from .cones import supports_cone_prox
 from .exact import ExactSolver
 from .fista import FISTA
 from .result import ConvexSolution
+from .working_set import WorkingSetSolver
 
 __all__ = ["AutoSolver"]
 
@@ -40,6 +48,7 @@ class AutoSolver:
     verbose: bool = False
     exact_max_rows: int = 20_000
     exact_max_variables: int = 5_000
+    working_set_max_variables: int = 2_500
     name: str = field(default="auto", init=False)
 
     def choose(self, problem: ConvexProblem) -> Any:
@@ -57,6 +66,15 @@ class AutoSolver:
         ops = getattr(problem, "operators", None)
         has_maps = hasattr(ops, "block_maps")
         constrained_ok = not problem.has_constraints or supports_cone_prox(problem)
+        squared = isinstance(problem.loss, SquaredLoss)
+        n_variables = math.prod(problem.variable_shape)
+        if (
+            squared
+            and problem.has_constraints
+            and constrained_ok
+            and n_variables <= self.working_set_max_variables
+        ):
+            return WorkingSetSolver(tol=self.tol, time_limit=self.time_limit, verbose=self.verbose)
         if isinstance(problem.loss, SquaredLoss) and has_maps and constrained_ok:
             return AugmentedLagrangian(
                 tol=self.tol, time_limit=self.time_limit, verbose=self.verbose
