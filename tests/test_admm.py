@@ -136,3 +136,30 @@ def test_programs_without_last_axis_blocks_are_refused_by_first_order_solvers() 
     for solver in ("al", "admm"):
         with pytest.raises(ValueError, match="use solver='exact'"):
             fit(X, y, architecture="three_layer", kernel_size=2, patterns=50, solver=solver)
+
+
+def test_sign_factored_rows_match_the_dense_block_rows() -> None:
+    from convexcnn.solvers.admm import _sign_factor
+
+    gen = torch.Generator().manual_seed(1)
+    M = torch.randn((5, 3), generator=gen, dtype=torch.float64)
+    signs = torch.where(torch.rand((4, 5), generator=gen) < 0.5, -1.0, 1.0).to(torch.float64)
+    G = signs[:, :, None] * M
+    factored = _sign_factor(G)
+    assert factored is not None
+    assert torch.equal(factored[1][:, :, None] * factored[0], G)
+    G[2, 1, 0] += 1e-3  # no longer diag(±1)·M for a shared M
+    assert _sign_factor(G) is None
+
+
+def test_admm_without_anderson_still_certifies() -> None:
+    X, y = instance(6, 6, 3)
+    kw = dict(architecture="circular", pooling="none", beta=0.05, patterns=all_patterns(X))
+    options = {"memory": 0, "tol": 1e-5}
+    plain = fit(X, y, solver="admm", solver_options=options, **kw)  # type: ignore[arg-type]
+    accel = fit(X, y, solver="admm", solver_options={"tol": 1e-5}, **kw)  # type: ignore[arg-type]
+    assert plain.status == accel.status == "optimal"
+    assert plain.solution.info["anderson_accepted"] == 0
+    assert accel.solution.info["anderson_accepted"] > 0
+    assert rel(plain.objective, accel.objective) <= 2e-5
+    assert plain.solution.max_violation <= 1e-10

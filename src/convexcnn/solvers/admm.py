@@ -17,13 +17,23 @@ circular programs, where G_bᵀG_b = MᵀM for every block),
     (𝒜ᵀ𝒜 + ρ_k D) W = q   ⇒   W = D⁻¹q/ρ_k − D⁻¹𝒜ᵀ(ρ_k I + H)⁻¹𝒜D⁻¹q/ρ_k,   H = 𝒜D⁻¹𝒜ᵀ,
 
 with H (n·c × n·c) formed once and one Cholesky per ρ_k. An iteration costs one 𝒜, 𝒜ᵀ, 𝒢,
-𝒢ᵀ, one prox and elementwise work: no inner loops. ρ_k follows residual balancing.
+𝒢ᵀ, one prox and elementwise work: no inner loops. ρ_k follows residual balancing. When every
+block's rows are G_b = diag(±1)·M (the circular program: M = X), 𝒢 and 𝒢ᵀ are one GEMM each
+with the shared M instead of B dense matrix-vector products (measured 2× per iteration).
+
+Since Z = prox(v_Z), U = v_Z − Z, S = (v_S)_+, U_S = min(v_S, 0) for v = (Z + U, S + U_S), the
+iteration is a fixed-point map v ← T(v) on one vector; it is accelerated by safeguarded type-II
+Anderson extrapolation (``memory`` differences; a step is kept only when it does not raise the
+fixed-point residual; memory reset at every ρ change). Measured on digits 3-vs-8, circular,
+β = 1e-3: ~1.6× fewer iterations at n = 40, P = 20 (memory 5; 10–100 was no better).
 
 Certificate (SPEC §2.4, :mod:`.duality`): U_S ≤ 0 always, so λ = −ρ_k U_S ≥ 0 are valid
 multipliers and, with V = Y − 𝒜W, −ℓ*(−sV) is a lower bound for s ≤ β/ρ°(𝒜ᵀV + 𝒢ᵀλ); at a
 fixed point 𝒜ᵀV + 𝒢ᵀλ = ρ_k U ∈ ∂(βρ)(Z) and the gap closes. Upper bounds come from feasible
-points only: Π_K(Z), the exact per-block projection of the (sparse) Z, so the returned W
-satisfies the constraints and the recovered network reproduces ``objective``.
+points only: t·Π_K(Z), the exact per-block projection of the (sparse) Z with the best scale
+t ≥ 0 (the cone is invariant under scaling), so the returned W satisfies the constraints and the
+recovered network reproduces ``objective``. The projection costs several iterations, so it runs
+at every 8th check until the gap is within 100·tol, then at every check.
 """
 
 from __future__ import annotations
@@ -83,12 +93,23 @@ class BlockRows:
         self.ops = ops
         eye = torch.eye(self.h, dtype=like.dtype, device=like.device)
         self.G: torch.Tensor | None = None
+        self.M: torch.Tensor | None = None  # G_b = diag(signs_b)·M for every block
+        self.signs: torch.Tensor | None = None
         if isinstance(ops, DenseBlockOperators) and ops.G is not None:
-            self.G = ops.G
-            grams = self.G.transpose(1, 2) @ self.G  # (B, h, h)
-            self.g = math.sqrt(max(float(grams.diagonal(dim1=1, dim2=2).mean()), 1e-300))
-            self.shared = None
-            self.dinv = torch.linalg.inv(eye + grams / self.g**2)
+            G = ops.G
+            factored = _sign_factor(G)
+            if factored is not None:  # one GEMM per map instead of B matrix-vector products
+                self.M, self.signs = factored
+                gram = self.M.T @ self.M
+                self.g = math.sqrt(max(float(gram.diagonal().mean()), 1e-300))
+                self.shared = torch.linalg.inv(eye + gram / self.g**2)
+                self.dinv = None
+            else:
+                self.G = G
+                grams = G.transpose(1, 2) @ G  # (B, h, h)
+                self.g = math.sqrt(max(float(grams.diagonal(dim1=1, dim2=2).mean()), 1e-300))
+                self.shared = None
+                self.dinv = torch.linalg.inv(eye + grams / self.g**2)
         elif hasattr(ops, "M"):  # two-layer operators: G_b = diag(±1)·M for every block
             gram = ops.M.T @ ops.M
             self.g = math.sqrt(max(float(gram.diagonal().mean()), 1e-300))
@@ -102,14 +123,18 @@ class BlockRows:
 
     def apply(self, W: torch.Tensor) -> torch.Tensor:
         Wb = W.reshape(-1, self.h)
-        if self.G is not None:
+        if self.M is not None and self.signs is not None:
+            out = (Wb @ self.M.T) * self.signs
+        elif self.G is not None:
             out = torch.einsum("brs,bs->br", self.G, Wb)
         else:
             out = self.ops.apply(self.blocks, Wb)
         return out / self.g
 
     def adjoint(self, L: torch.Tensor) -> torch.Tensor:
-        if self.G is not None:
+        if self.M is not None and self.signs is not None:
+            out = (L * self.signs) @ self.M
+        elif self.G is not None:
             out = torch.einsum("brs,br->bs", self.G, L)
         else:
             out = self.ops.adjoint(self.blocks, L)
@@ -121,6 +146,15 @@ class BlockRows:
             return (Wb @ self.shared).view(self.shape)  # symmetric inverse
         assert self.dinv is not None
         return torch.einsum("bij,bj->bi", self.dinv, Wb).view(self.shape)
+
+
+def _sign_factor(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(M, signs) with G_b = diag(signs_b)·M for every block b (exactly), else None."""
+    M = G[0]
+    signs = torch.where((G * M).sum(dim=-1) < 0, -1.0, 1.0).to(G.dtype)  # (B, rows)
+    if not torch.equal(signs[:, :, None] * M, G):
+        return None
+    return M, signs
 
 
 def weighted_gram(problem: ConvexProblem, rows: BlockRows | None) -> torch.Tensor:
@@ -150,6 +184,11 @@ class ADMM:
         relaxation: α ∈ (0, 2) (1.6 is the usual over-relaxation).
         check_every: iterations between certificates (objective, bound, ρ update).
         verbose: print one line per check every ``log_every`` iterations.
+        memory: Anderson acceleration (type II) of the fixed-point map v ← T(v) over the last
+            ``memory`` differences (0: plain ADMM).
+        safeguard: an extrapolated state is kept only if its fixed-point residual is at most
+            ``safeguard`` × the residual of the plain iterate it replaced (else that plain one).
+        adapt: ρ is rebalanced when the relative residuals differ by this factor (OSQP: 5).
     """
 
     tol: float | None = None
@@ -161,6 +200,10 @@ class ADMM:
     verbose: bool = False
     log_every: int = 1000
     threads: int | None = None
+    memory: int = 5
+    safeguard: float = 1.0
+    adapt: float = 5.0
+
     name: str = field(default="admm", init=False)
 
     def solve(self, problem: ConvexProblem, warm_start: Any = None) -> ConvexSolution:
@@ -213,6 +256,15 @@ class _Run:
         """Π_K(W) block by block (step 0 of the cone prox: no shrinkage)."""
         return W if self.cone is None else self.cone(W, 0.0)
 
+    def rescaled(self, C: torch.Tensor) -> torch.Tensor:
+        """t·C with the best t ≥ 0 for ½‖t𝒜C − Y‖² + t·βρ(C) (t·C stays in the cone)."""
+        AC = self.problem.predict(C)
+        aa = float((AC * AC).sum())
+        if aa <= 0:
+            return C
+        t = (float((AC * self.Y).sum()) - float(self.problem.regularizer(C))) / aa
+        return C * max(t, 0.0)
+
     def d_inverse(self, W: torch.Tensor) -> torch.Tensor:
         return W if self.rows is None else self.rows.solve_d(W)
 
@@ -246,11 +298,45 @@ class _Run:
         s_max = p.beta / dn if dn > 0 else math.inf
         return scaled_dual_value(p.loss, V, self.Y, s_max), scale
 
+    # ----- the ADMM map on its state v = (v_Z, v_S) ----------------------------------------
+    # Z = prox(v_Z), U = v_Z − Z, S = (v_S)_+, U_S = v_S − S = min(v_S, 0): relaxed ADMM is a
+    # fixed-point iteration v ← T(v) on this one vector (Douglas–Rachford form).
+    def pack(self) -> torch.Tensor:
+        parts = [(self.Z + self.U).reshape(-1)]
+        if self.S is not None and self.US is not None:
+            parts.append((self.S + self.US).reshape(-1))
+        return torch.cat(parts)
+
+    def unpack(self, v: torch.Tensor, rho: float) -> None:
+        """Set Z, U, S, U_S from the state v."""
+        nz = self.Z.numel()
+        vz = v[:nz].view(self.Z.shape)
+        self.Z = self.problem.prox(vz, 1.0 / rho)
+        self.U = vz - self.Z
+        if self.S is not None:
+            vs = v[nz:].view(self.S.shape)
+            self.S = vs.clamp_min(0)
+            self.US = vs.clamp_max(0)
+
+    def step(
+        self, v: torch.Tensor, rho: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One relaxed ADMM iteration from state v: (W, 𝒜W, 𝒢W, T(v))."""
+        alpha = self.cfg.relaxation
+        self.unpack(v, rho)
+        W, AW = self.w_step(rho)
+        parts = [(alpha * W + (1 - alpha) * self.Z + self.U).reshape(-1)]
+        GW = None
+        if self.rows is not None:
+            assert self.S is not None and self.US is not None
+            GW = self.rows.apply(W)
+            parts.append((alpha * GW + (1 - alpha) * self.S + self.US).reshape(-1))
+        return W, AW, GW, torch.cat(parts)
+
     def run(self) -> ConvexSolution:
         cfg, p = self.cfg, self.problem
         numel = self.Z.numel()
         rho = cfg.rho if cfg.rho is not None else max(float(self.H.trace()) / numel, 1e-12)
-        alpha = cfg.relaxation
         rho_min, rho_max = rho * 1e-8, rho * 1e8
         history = History()
         limits = MaxIterations(cfg.max_iter)
@@ -258,27 +344,43 @@ class _Run:
         best_W = self.feasible(self.Z)
         best_lower, best_obj = -math.inf, p.objective(best_W)
         gap, status, it = math.inf, "max_iter", 0
+        x = self.pack()
+        accel = _Anderson(cfg.memory) if cfg.memory > 0 else None
+        fallback: torch.Tensor | None = None  # plain iterate to return to if x (AA) fails
+        base_norm = math.inf
+        accepted = rejected = checks = 0
         for it in range(1, cfg.max_iter + 1):
-            W, AW = self.w_step(rho)
-            Z_old, S_old = self.Z, self.S
-            Wr = alpha * W + (1 - alpha) * self.Z
-            self.Z = p.prox(Wr + self.U, 1.0 / rho)
-            self.U = self.U + Wr - self.Z
-            GW = None
-            if self.rows is not None:
-                assert self.S is not None and self.US is not None
-                GW = self.rows.apply(W)
-                Sr = alpha * GW + (1 - alpha) * self.S
-                self.S = (Sr + self.US).clamp_min(0)
-                self.US = self.US + Sr - self.S
+            W, AW, GW, fx = self.step(x, rho)
+            res = float((x - fx).norm())
+            if fallback is not None:
+                if res > cfg.safeguard * base_norm:  # the extrapolation failed: plain step
+                    rejected += 1
+                    x = fallback
+                    W, AW, GW, fx = self.step(x, rho)
+                    res = float((x - fx).norm())
+                else:
+                    accepted += 1
+                fallback = None
+            if accel is not None:
+                x_new = accel.extrapolate(x, fx)
+                if x_new is not fx:
+                    fallback, base_norm = fx, res
+                x = x_new
+            else:
+                x = fx
             if it % cfg.check_every and it != cfg.max_iter:
                 continue
+            Z_old, S_old = self.Z, self.S  # from x_old (set by step)
+            self.unpack(fx, rho)
             lower, dual_scale = self.lower_bound(AW, rho)
             best_lower = max(best_lower, lower)
-            candidate = self.feasible(self.Z)
-            obj = p.objective(candidate)
-            if obj < best_obj:
-                best_obj, best_W = obj, candidate
+            checks += 1
+            # the exact projection costs several iterations: every check only near the end
+            if checks % 8 == 0 or relative_gap(best_obj, best_lower) <= 100 * self.tol:
+                candidate = self.rescaled(self.feasible(self.Z))
+                obj = p.objective(candidate)
+                if obj < best_obj:
+                    best_obj, best_W = obj, candidate
             gap = relative_gap(best_obj, best_lower)
             # relative residuals (as in OSQP): primal ‖(W − Z, 𝒢W − S)‖, dual ρ‖ΔZ + 𝒢ᵀΔS‖
             r_prim2 = float(((W - self.Z) ** 2).sum())
@@ -304,11 +406,12 @@ class _Run:
                 rho=rho,
                 primal_residual=rel_p,
                 dual_residual=rel_d,
+                fixed_point_residual=res,
             )
             if cfg.verbose and (it % cfg.log_every == 0 or abs(gap) <= self.tol):
                 print(
                     f"admm {it:6d}  obj {best_obj:.12g}  gap {gap:.2e}  rho {rho:.3g}  "
-                    f"res {rel_p:.1e}/{rel_d:.1e}  t {elapsed:.2f}s"
+                    f"res {rel_p:.1e}/{rel_d:.1e}  aa {accepted}/{rejected}  t {elapsed:.2f}s"
                 )
             if abs(gap) <= self.tol:
                 status = "optimal"
@@ -318,17 +421,25 @@ class _Run:
             if why is not None:
                 status = why
                 break
-            if rel_p > 5 * rel_d or rel_d > 5 * rel_p:  # OSQP's rule: ρ·√(rel_p / rel_d)
+            if rel_p > cfg.adapt * rel_d or rel_d > cfg.adapt * rel_p:
                 factor = min(max(math.sqrt(rel_p / max(rel_d, 1e-300)), 1e-2), 1e2)
                 factor = min(max(factor, rho_min / rho), rho_max / rho)
                 rho *= factor
+                x = fx if fallback is not None else x
+                fallback = None
+                self.unpack(x, rho / factor)  # Z, S stay; U, U_S scale by 1/factor
                 self.U = self.U / factor
                 if self.US is not None:
                     self.US = self.US / factor
+                x = self.pack()
+                if accel is not None:
+                    accel.reset()
         violation = exact_violation(p, best_W, self.ops) if self.ops is not None else 0.0
         info: dict[str, Any] = {
             "solver": "admm",
-            "method": "ADMM (slack splitting), exact W-steps, residual balancing",
+            "method": "ADMM (slack splitting), exact W-steps, residual balancing, Anderson",
+            "anderson_accepted": accepted,
+            "anderson_rejected": rejected,
             "iterations": it,
             "lower_bound": best_lower,
             "gap": gap,
@@ -345,3 +456,46 @@ class _Run:
             history=history,
             info=info,
         )
+
+
+class _Anderson:
+    """Type-II Anderson acceleration of a fixed-point map T (regularized least squares).
+
+    ``extrapolate(x, T(x))`` returns T(x) − ΔF·γ with γ = argmin ‖g − ΔG·γ‖² + ε‖γ‖²
+    (g = x − T(x); ΔG, ΔF the last ``memory`` differences of g and T(x)).
+    """
+
+    def __init__(self, memory: int, reg: float = 1e-10) -> None:
+        self.memory, self.reg = memory, reg
+        self.reset()
+
+    def reset(self) -> None:
+        self.dG: list[torch.Tensor] = []
+        self.dF: list[torch.Tensor] = []
+        self.g_prev: torch.Tensor | None = None
+        self.f_prev: torch.Tensor | None = None
+
+    def extrapolate(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        g = x - fx
+        if self.g_prev is not None and self.f_prev is not None:
+            self.dG.append(g - self.g_prev)
+            self.dF.append(fx - self.f_prev)
+            if len(self.dG) > self.memory:
+                self.dG.pop(0)
+                self.dF.pop(0)
+        self.g_prev, self.f_prev = g, fx
+        if not self.dG:
+            return fx
+        DG = torch.stack(self.dG, dim=1)
+        gram = DG.T @ DG
+        eps = self.reg * float(gram.diagonal().max()) + 1e-300
+        gram = gram + eps * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        try:
+            gamma = torch.linalg.solve(gram, DG.T @ g)
+        except RuntimeError:
+            self.reset()
+            return fx
+        if not bool(torch.isfinite(gamma).all()):
+            self.reset()
+            return fx
+        return fx - torch.stack(self.dF, dim=1) @ gamma
