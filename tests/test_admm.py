@@ -157,7 +157,8 @@ def test_admm_without_anderson_still_certifies() -> None:
     kw = dict(architecture="circular", pooling="none", beta=0.05, patterns=all_patterns(X))
     options = {"memory": 0, "tol": 1e-5}
     plain = fit(X, y, solver="admm", solver_options=options, **kw)  # type: ignore[arg-type]
-    accel = fit(X, y, solver="admm", solver_options={"tol": 1e-5}, **kw)  # type: ignore[arg-type]
+    options = {"memory": 5, "tol": 1e-5}
+    accel = fit(X, y, solver="admm", solver_options=options, **kw)  # type: ignore[arg-type]
     assert plain.status == accel.status == "optimal"
     assert plain.solution.info["anderson_accepted"] == 0
     assert accel.solution.info["anderson_accepted"] > 0
