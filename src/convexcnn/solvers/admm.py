@@ -48,11 +48,11 @@ from typing import Any
 
 import torch
 
-from ..cone_projection import ConeProjector, DenseBlockOperators
+from ..cone_projection import DenseBlockOperators
 from ..losses import SquaredLoss
 from ..memory import MemoryEstimate, check_fits
 from ..problems.base import ConvexProblem
-from .cones import ConeProx
+from .cones import ConeProx, block_operators
 from .duality import relative_gap, scaled_dual_value
 from .fista import default_tol, exact_violation, resolve_warm_start
 from .result import ConvexSolution, History
@@ -65,18 +65,15 @@ __all__ = ["ADMM", "BlockRows", "cone_operators"]
 def cone_operators(problem: ConvexProblem) -> Any:
     """Per-block cone rows of a constrained program: the problem's fast operators when it has
     them, else dense matrices from ``block_constraint_matrix`` (ValueError when neither)."""
-    ops = getattr(problem, "operators", None)
-    if isinstance(ops, ConeProjector) and hasattr(ops, "block_maps"):
-        return ops
-    try:
-        return DenseBlockOperators(problem)
-    except NotImplementedError:
+    ops = block_operators(problem, group_l2=False)
+    if ops is None:
         raise ValueError(
             f"the first-order solvers ('al', 'admm') need the cone rows of "
             f"{type(problem).__name__} block by block "
             "over the last axis of W (G_b w_b, w_b = W.view(-1, h)[b]); this program's blocks "
             "are different: use solver='exact'"
-        ) from None
+        )
+    return ops
 
 
 class BlockRows:

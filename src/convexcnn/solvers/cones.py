@@ -32,18 +32,18 @@ __all__ = [
 ]
 
 
-def block_operators(problem: ConvexProblem) -> Any:
-    """Per-block maps and cone projections of a group-ℓ2 program, or None.
+def block_operators(problem: ConvexProblem, *, group_l2: bool = True) -> Any:
+    """Per-block maps and cone projections of a (group-ℓ2) program, or None.
 
     The problem's own fast operators when they provide them (``problem.operators``, e.g. the
     two-layer program), else :class:`~convexcnn.cone_projection.DenseBlockOperators` built from
-    the protocol (``predict_adjoint``, ``block_constraint_matrix``) when the regularizer is
-    checked to be group ℓ2 over the last axis of W; None otherwise.
+    the protocol (``predict_adjoint``, ``block_constraint_matrix``) — with ``group_l2`` only
+    when the regularizer is checked to be group ℓ2 over the last axis of W; None otherwise.
     """
     ops = getattr(problem, "operators", None)
     if isinstance(ops, ConeProjector) and hasattr(ops, "block_maps"):
         return ops
-    if not group_l2_blocks(problem):
+    if group_l2 and not group_l2_blocks(problem):
         return None
     try:
         return DenseBlockOperators(problem)
