@@ -208,11 +208,6 @@ class _Run:
         s_max = p.beta / dn if dn > 0 else math.inf
         return scaled_dual_value(p.loss, V, self.Y, s_max)
 
-    def lipschitz(self) -> float:
-        from .fista import initial_lipschitz
-
-        return initial_lipschitz(self.problem, self.x)
-
     # ----- face-restricted polish ---------------------------------------------------------
     def face_bases(
         self, source: GroupProx, blocks: torch.Tensor
