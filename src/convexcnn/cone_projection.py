@@ -137,24 +137,42 @@ class ConeProjector:
         """G_S: the blocks' active rows (B, cap, h), zero where not valid."""
         return self._rows_of(blocks, rows) * valid[..., None].to(self.dtype)
 
-    def _solve_ls(self, G: torch.Tensor, w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """s = argmin ‖w + G_Sᵀs‖ over the valid rows S (0 elsewhere), (B, cap); the small
-        systems are solved in float64 whatever the working dtype (float32 would leave active
-        rows violated at ~1e-4)."""
-        cap = G.shape[1]
-        fv = valid.to(torch.float64)
-        Gv = G.to(torch.float64) * fv[..., None]
-        Q = Gv @ Gv.transpose(1, 2)
+    @staticmethod
+    def _normal_equations(G: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G Gᵀ (B, cap, cap), G w (B, cap)) in float64: computed once per active-row set,
+        then masked by each least-squares solve (the rows' validity changes, G does not)."""
+        G64 = G.to(torch.float64)
+        return G64 @ G64.transpose(1, 2), (G64 @ w.to(torch.float64)[..., None])[..., 0]
+
+    def _solve_ls(
+        self, normal: tuple[torch.Tensor, torch.Tensor], valid: torch.Tensor
+    ) -> torch.Tensor:
+        """s = argmin ‖w + G_Sᵀs‖ over the valid rows S (0 elsewhere), (B, cap), from
+        ``normal`` = (G Gᵀ, G w); the small systems are solved in float64 whatever the working
+        dtype (float32 would leave active rows violated at ~1e-4)."""
+        GG, Gw = normal
+        B, cap = valid.shape
+        width = int(valid.sum(dim=1).max()) if B else 0
+        if width == 0:
+            return torch.zeros((B, cap), dtype=self.dtype, device=valid.device)
+        # compact every block's valid slots to the front: systems of the largest active-set
+        # size instead of cap (measured: half the slots or fewer are valid on most calls)
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)[:, :width]
+        fv = valid.gather(1, order).to(torch.float64)
+        Q = GG.gather(1, order[:, :, None].expand(B, width, cap))
+        Q = Q.gather(2, order[:, None, :].expand(B, width, width))
+        Q = Q * (fv[:, :, None] * fv[:, None, :])
         scale = Q.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1e-300)
-        eye = torch.eye(cap, dtype=torch.float64, device=self.device)
+        eye = torch.eye(width, dtype=torch.float64, device=self.device)
         Q = Q + eye * ((1 - fv) + 1e-13)[:, None, :] * scale[:, None, None]
-        rhs = -(Gv @ w.to(torch.float64)[..., None])
+        rhs = -(Gw.gather(1, order) * fv)[..., None]
         L, info = torch.linalg.cholesky_ex(Q)
         if bool((info == 0).all()):
-            out = torch.cholesky_solve(rhs, L)[..., 0] * fv
+            sol = torch.cholesky_solve(rhs, L)[..., 0] * fv
         else:
-            out = torch.linalg.lstsq(Q, rhs).solution[..., 0] * fv
-        return out.to(self.dtype)
+            sol = torch.linalg.lstsq(Q, rhs).solution[..., 0] * fv
+        out = torch.zeros((B, cap), dtype=torch.float64, device=valid.device)
+        return out.scatter_(1, order, sol).to(self.dtype)
 
     def _prune_positive(
         self, G: torch.Tensor, w: torch.Tensor, valid: torch.Tensor
@@ -163,8 +181,9 @@ class ConeProjector:
         negative coefficient until all are > 0. Returns (α ≥ 0, valid)."""
         valid = valid.clone()
         alpha = w.new_zeros(valid.shape)
+        normal = self._normal_equations(G, w)
         for _ in range(G.shape[1] + 1):
-            alpha = self._solve_ls(G, w, valid)
+            alpha = self._solve_ls(normal, valid)
             bad = valid & (alpha <= 0)
             has = bad.any(dim=1)
             if not bool(has.any()):
@@ -180,8 +199,9 @@ class ConeProjector:
         """Lawson–Hanson inner loop: from feasible α ≥ 0 (support ⊆ valid), move toward the
         least-squares solution on the valid rows, dropping rows that hit zero."""
         valid = valid.clone()
+        normal = self._normal_equations(G, w)
         for _ in range(G.shape[1] + 1):
-            s = self._solve_ls(G, w, valid)
+            s = self._solve_ls(normal, valid)
             bad = valid & (s <= 0)
             has = bad.any(dim=1)
             if not bool(has.any()):
