@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import convexcnn
 
@@ -59,6 +60,7 @@ CASES = [
     ("unknown architecture option", X_OK, Y_OK, {"depth": 3}, "depth"),
     ("X wrong rank", rng.standard_normal(6), Y_OK, {}, "X"),
     ("strings in X", np.array([["a"] * 8] * 6), Y_OK, {}, "X"),
+    ("unsupported dtype", X_OK, Y_OK, {"dtype": "float16"}, "dtype"),
 ]
 
 
@@ -76,3 +78,9 @@ def test_bad_input_is_one_clear_value_error(
 def test_good_input_passes() -> None:
     result = convexcnn.fit(X_OK, Y_PM1, task="binary", kernel_size=3, patterns=10)
     assert set(result.predict(X_OK).tolist()) <= {-1.0, 1.0}
+
+
+def test_dtype_by_name() -> None:
+    """dtype="float32" means torch.float32 (the CLI's spelling works in Python too)."""
+    by_name = convexcnn.fit(X_OK, Y_OK, kernel_size=3, patterns=10, dtype="float32")
+    assert by_name.solution.W.dtype == torch.float32

@@ -199,8 +199,12 @@ def fit(
     Returns:
         A :class:`FitResult`; ``network_objective`` is the recovered network's own objective.
     """
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype, dtype)  # type: ignore[call-overload]
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
+        raise ValueError(
+            f"dtype must be torch.float32 or torch.float64 (or 'float32' / 'float64'); "
+            f"got {dtype!r}"
+        )
     beta_value = _check_beta(beta)
     loss_obj = get_loss(loss)
     task_name = resolve_task(task, loss_obj)

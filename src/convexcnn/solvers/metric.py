@@ -107,11 +107,12 @@ class RankOneMetric:
         return plain + self.kappa * float((self.v * a).sum()) * float((self.v * b).sum())
 
     def prox(
-        self, prox: Prox, z: torch.Tensor, step: float, *, rtol: float = 1e-14
+        self, prox: Prox, z: torch.Tensor, step: float, *, rtol: float | None = None
     ) -> torch.Tensor:
         """argmin_x r(x) + (1/(2·step))·(x − z)ᵀ(I + κvvᵀ)(x − z), given ``prox(w, step)`` =
         prox_{step·r}(w): the root θ of φ(θ) = θ − vᵀ(prox(z − κθv) − z) by a bracketed
-        Illinois (modified regula falsi) iteration, |θ − θ*| ≤ rtol·scale."""
+        Illinois (modified regula falsi) iteration, |θ − θ*| ≤ rtol·scale (default rtol:
+        100 machine epsilons of z's dtype)."""
         if self.kappa == 0:
             return prox(z, step)
         v, k = self.v, self.kappa
@@ -122,6 +123,8 @@ class RankOneMetric:
             x = prox(z - (k * theta) * v, step)
             return theta - (float((v * x).sum()) - vz), x
 
+        if rtol is None:
+            rtol = 100 * torch.finfo(z.dtype).eps
         tol = rtol * max(1.0, abs(vz), abs(self.theta))
         # φ' ≥ 1, so |θ − θ*| ≤ |φ(θ)| and θ − φ(θ) lies on the root's other side (or on it)
         a = self.theta
