@@ -81,3 +81,14 @@ def test_unsupported_loss_names_loss() -> None:
     problem = digits_problem("logistic")
     with pytest.raises(ValueError, match="loss"):
         WorkingSetSolver().solve(problem)
+
+
+def test_stopping_after_one_round_keeps_a_valid_bound() -> None:
+    """max_rounds=1 with rows still violated: the bound uses the multipliers of the rows that
+    were solved (rows added after the last solve have none) and the status says so."""
+    problem = digits_problem()
+    optimum = ExactSolver().solve(problem).objective
+    sol = WorkingSetSolver(initial_rows=2, max_rounds=1).solve(problem)
+    assert sol.status == "max_rounds"
+    assert sol.info["lower_bound"] <= optimum * (1 + 1e-9) <= sol.objective * (1 + 1e-9)
+    assert sol.max_violation <= 1e-9  # still projected onto the full cones

@@ -365,6 +365,7 @@ class _Run:
         status, rounds = "max_rounds", 0
         W_np = np.zeros(self.N)
         lam = np.zeros(0)
+        solved = (blk, row, Gs)
         relaxed = math.nan
         clarabel_status = ""
         added_total = 0
@@ -375,6 +376,7 @@ class _Run:
             sol, lam = self.clarabel_solve(
                 parts, Gs, blk, self.cfg.clarabel_tol if tight else self.cfg.search_tol
             )
+            solved = (blk, row, Gs)  # the working set lam belongs to (rows may be added below)
             t = self._tick("clarabel", t)
             clarabel_status = str(sol.status)
             x = np.asarray(sol.x)
@@ -429,7 +431,7 @@ class _Run:
         t = time.perf_counter()
         W, V = self.finalize(W_np, A)
         objective = p.objective(W)
-        lower = self.lower_bound(V, lam, blk, Gs)
+        lower = self.lower_bound(V, lam, solved[0], solved[2])
         gap = relative_gap(objective, lower)
         if not abs(gap) <= self.tol and status == "converged":
             for V_try in (p.targets - p.predict(W), V):
@@ -474,7 +476,7 @@ class _Run:
             max_violation=violation,
             solve_time=time.perf_counter() - self.start,
             history=history,
-            multipliers=self.multipliers(lam, blk, row),
+            multipliers=self.multipliers(lam, solved[0], solved[1]),
             info=info,
         )
 
