@@ -24,7 +24,9 @@ The returned W is each block projected exactly onto its full cone (so it is feas
 recovered network reproduces ``objective``). Certificate (SPEC §2.4): Clarabel's multipliers
 λ ≥ 0 of the working rows (0 on the others) and V = Y − 𝒜W give μ = 𝒢ᵀλ and the Lagrangian
 lower bound ``scaled_dual_value`` with s_max = β / ρ°(𝒜ᵀV + μ); the relative gap between
-``objective`` and that bound decides the status.
+``objective`` and that bound decides the status. The same bound is also evaluated at Clarabel's
+own dual point (the multiplier of the residual rows), which is dual feasible to Clarabel's
+tolerance whatever the primal accuracy, and the better of the two is kept.
 """
 
 from __future__ import annotations
@@ -315,7 +317,10 @@ class _Run:
         Gs: np.ndarray,
         blk: np.ndarray,
         tol: float,
-    ) -> tuple[Any, np.ndarray]:
+    ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """One relaxed solve: (Clarabel's solution, λ of the working rows, the multiplier of
+        the residual rows r − 𝒜W = −Y, which is the dual point V = Y − 𝒜W of the relaxed
+        program's own dual iterate)."""
         import clarabel
         import scipy.sparse as sp
 
@@ -342,7 +347,7 @@ class _Run:
         sol = solver.solve()
         z = np.asarray(sol.z)
         lam = z[static.shape[0] :]
-        return sol, lam
+        return sol, lam, z[: self.m].copy()
 
     # ----- main loop -------------------------------------------------------------------
     def run(self) -> ConvexSolution:
@@ -365,6 +370,7 @@ class _Run:
         status, rounds = "max_rounds", 0
         W_np = np.zeros(self.N)
         lam = np.zeros(0)
+        V_dual: np.ndarray | None = None
         solved = (blk, row, Gs)
         relaxed = math.nan
         clarabel_status = ""
@@ -373,7 +379,7 @@ class _Run:
         for rounds in range(1, cfg.max_rounds + 1):
             t = time.perf_counter()
             tight = tight or self.cfg.search_tol <= self.cfg.clarabel_tol
-            sol, lam = self.clarabel_solve(
+            sol, lam, V_dual = self.clarabel_solve(
                 parts, Gs, blk, self.cfg.clarabel_tol if tight else self.cfg.search_tol
             )
             solved = (blk, row, Gs)  # the working set lam belongs to (rows may be added below)
@@ -432,6 +438,13 @@ class _Run:
         W, V = self.finalize(W_np, A)
         objective = p.objective(W)
         lower = self.lower_bound(V, lam, solved[0], solved[2])
+        if V_dual is not None:
+            # the interior-point dual iterate is dual feasible to Clarabel's tolerance on its
+            # own, whereas V = Y − 𝒜W is only as good as W: at β = 1e-3, ‖A_bᵀδV‖ ≫ β for
+            # objective errors of 1e-7 (measured, 249 digits, 100 patterns: gap 0.087 from
+            # Y − 𝒜W, 7.6e-7 from this V)
+            V_d = torch.as_tensor(V_dual, dtype=self.dtype, device=self.device).view_as(V)
+            lower = max(lower, self.lower_bound(V_d, lam, solved[0], solved[2]))
         gap = relative_gap(objective, lower)
         if not abs(gap) <= self.tol and status == "converged":
             for V_try in (p.targets - p.predict(W), V):
