@@ -13,7 +13,8 @@ iteration from the extrapolated point y:
 
 v is 𝒜's top right singular vector, so L ≈ σ₂(𝒜)² instead of σ₁(𝒜)²: on nonnegative image
 data σ₁ is dominated by one common direction (digits, 200 images: σ₁²/σ₂² ≈ 80) and the
-deflation is what makes FISTA converge on them (measured: see :class:`FISTA`).
+deflation is what makes FISTA converge on them (measured there, gated, β = 1e-3: plain FISTA
+26 % above the optimum after 20000 iterations; with the metric, certified gap 1e-6 after 131k).
 
 𝒜 is linear, so 𝒜y is combined from 𝒜x⁺ and 𝒜x: one ``predict`` per trial step and one
 ``predict_adjoint`` per iteration. ``L`` may shrink by ``shrink`` each iteration, with the
