@@ -8,7 +8,7 @@
 2. squared loss, cone constraints with per-block projections and at most
    ``working_set_max_variables`` variables →
    :class:`~convexcnn.solvers.working_set.WorkingSetSolver` (measured here: P1, 100 images and
-   900 variables, 1.2 s against 32 s for ``al``; max pooling on 249 images, 1800 variables, 8 s
+   900 variables, 1.2 s against 12 s for ``al``; max pooling on 249 images, 1800 variables, 8 s
    against > 300 s for ``al``; at 5400 variables ``al`` was faster, 22 s against 55 s);
 3. squared loss and per-block operators → :class:`~convexcnn.solvers.al.AugmentedLagrangian`
    (semismooth Newton; gated or cone-constrained);
