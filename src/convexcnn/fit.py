@@ -199,7 +199,8 @@ def fit(
     Returns:
         A :class:`FitResult`; ``network_objective`` is the recovered network's own objective.
     """
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype, dtype)  # type: ignore[call-overload]
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype, dtype)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(
             f"dtype must be torch.float32 or torch.float64 (or 'float32' / 'float64'); "
