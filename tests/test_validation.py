@@ -61,6 +61,7 @@ CASES = [
     ("X wrong rank", rng.standard_normal(6), Y_OK, {}, "X"),
     ("strings in X", np.array([["a"] * 8] * 6), Y_OK, {}, "X"),
     ("unsupported dtype", X_OK, Y_OK, {"dtype": "float16"}, "dtype"),
+    ("dtype not a dtype", X_OK, Y_OK, {"dtype": [1]}, "dtype"),
 ]
 
 
