@@ -3,8 +3,6 @@ and the first-order path for max pooling (dual AL over dense block operators).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -14,18 +12,9 @@ from convexcnn.data import load_digits_binary
 from convexcnn.solvers import ADMM
 from convexcnn.solvers.admm import _Run
 from test_circular import all_patterns, instance
+from test_solvers import rel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-300)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("depth", [3, 4])

@@ -8,7 +8,6 @@ against 8 Adam restarts of the non-convex network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import cvxpy as cp
@@ -24,13 +23,7 @@ from convexcnn.problems.linear import nuclear_prox
 REL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def instance(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
